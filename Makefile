@@ -1,0 +1,40 @@
+# The whole developer workflow. Each target sets up what it needs on a fresh machine.
+#   make serve   run the service on the default model (HOST, PORT, ASD_* from the environment)
+#   make test    install everything (serving + training + dev tools) and run the tests
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: serve test lint install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "pip>=25.1"
+
+# Serving needs only the base dependencies; training and tests add the `train` extra and the dev group.
+$(VENV)/.serve-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[train]" --group dev
+	touch $@ $(VENV)/.serve-installed
+
+install: $(VENV)/.serve-installed
+install-dev: $(VENV)/.dev-installed
+
+serve: $(VENV)/.serve-installed
+	ASD_HOST="$${ASD_HOST:-$(HOST)}" ASD_PORT="$${ASD_PORT:-$(PORT)}" $(BIN)/asd-serve
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/hadolint Dockerfile
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

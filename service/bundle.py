@@ -1,0 +1,146 @@
+"""The exported detector folder: `model.onnx` beside `threshold.json`.
+
+`threshold.json` is the single place for every fact the service needs to
+reproduce what training did: feature parameters, patching, per-mel-bin
+normalisation, the threshold and how it was set, and where the model came
+from. Training writes it through `Bundle`; the service reads it through
+`Bundle`; neither side keeps its own copy of these facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.features import FeatureParams
+
+FORMAT_VERSION = 1
+THRESHOLD_FILE = "threshold.json"
+MODEL_FILE = "model.onnx"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Features(_Strict):
+    """Log-mel recipe; the fields of `service.features.FeatureParams`."""
+
+    sample_rate: int = Field(16000, gt=0)
+    n_fft: int = Field(1024, gt=0)
+    hop_length: int = Field(512, gt=0)
+    n_mels: int = Field(128, gt=0)
+    power: float = 2.0
+    fmin: float = 0.0
+    fmax: float | None = None
+    amin: float = Field(1e-10, gt=0)
+
+    def params(self) -> FeatureParams:
+        return FeatureParams(**self.model_dump())
+
+
+class Patching(_Strict):
+    """How a spectrogram is cut into model inputs: `frames` wide, every `hop` frames."""
+
+    frames: int = Field(gt=0)
+    hop: int = Field(gt=0)
+
+
+class Normalization(_Strict):
+    """Per-mel-bin standardisation, `(x - mean) / std`, fitted on the training clips."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Normalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError("normalization mean and std differ in length")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("normalization std must be positive")
+        return self
+
+
+class OnnxModel(_Strict):
+    file: str = MODEL_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    arch: Literal["cae", "dense"]
+    input_name: str
+    output_name: str
+    opset: int = Field(ge=17)
+
+
+class GammaFit(_Strict):
+    shape: float = Field(gt=0)
+    loc: float
+    scale: float = Field(gt=0)
+
+
+class Threshold(_Strict):
+    value: float
+    method: Literal["gamma"] = "gamma"
+    quantile: float = Field(gt=0, lt=1, description="q of the gamma fit; 1 - target false-alarm rate")
+    gamma: GammaFit
+    n_calibration_clips: int = Field(gt=0)
+    empirical_false_alarm_rate: float = Field(ge=0, le=1)
+
+
+class Training(_Strict):
+    """What the model learned from: enough to tell a user what it knows."""
+
+    trained_at: datetime
+    data_root: str
+    n_clips: int
+    n_validation_clips: int
+    hours: float
+    clips_per_id: dict[str, int]
+    skipped_files: int
+    epochs_run: int
+    seed: int
+    final_loss: float | None = None
+    final_val_loss: float | None = None
+    command: str | None = None
+
+
+class Bundle(_Strict):
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str
+    machine_type: str
+    machine_ids: list[str]
+    features: Features
+    patching: Patching
+    normalization: Normalization
+    model: OnnxModel
+    threshold: Threshold
+    training: Training
+    versions: dict[str, str]
+
+    @model_validator(mode="after")
+    def _normalization_matches_mels(self) -> Bundle:
+        if len(self.normalization.mean) != self.features.n_mels:
+            raise ValueError(
+                f"normalization has {len(self.normalization.mean)} bins but features have "
+                f"{self.features.n_mels} mels"
+            )
+        return self
+
+    @classmethod
+    def read(cls, folder: Path) -> Bundle:
+        return cls.model_validate_json((Path(folder) / THRESHOLD_FILE).read_text(encoding="utf-8"))
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / THRESHOLD_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

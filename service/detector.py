@@ -1,0 +1,155 @@
+"""A loaded detector: features, ONNX inference and the anomaly score.
+
+This is the scoring path of the product. The service calls it per request,
+and training calls the same code on the exported model to calibrate the
+threshold and to evaluate, so the numbers a user sees describe what is
+deployed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.bundle import Bundle, sha256_of
+from service.features import log_mel, patches, warm_up
+
+
+class DetectorError(Exception):
+    """A detector folder that cannot be served (missing files, hash or shape mismatch)."""
+
+
+class ClipTooShort(ValueError):
+    code = "audio_too_short"
+
+
+@dataclass(frozen=True)
+class Score:
+    """Reconstruction error of one clip.
+
+    `patch_errors`, `patch_start` and `patch_end` have shape (n_patches,);
+    times are in seconds from the start of the clip.
+    """
+
+    score: float
+    patch_errors: np.ndarray
+    patch_start: np.ndarray
+    patch_end: np.ndarray
+
+
+class Detector:
+    """One exported model folder, checked and ready to score waveforms."""
+
+    def __init__(self, folder: Path, *, intra_op_threads: int = 1, verify_hash: bool = True) -> None:
+        self.folder = Path(folder)
+        self.name = self.folder.name
+        try:
+            self.bundle = Bundle.read(self.folder)
+        except FileNotFoundError:
+            raise DetectorError(f"{self.folder}: no threshold.json") from None
+        except ValueError as error:
+            raise DetectorError(f"{self.folder}: invalid threshold.json: {error}") from None
+        model_path = self.folder / self.bundle.model.file
+        if model_path.parent != self.folder or not model_path.is_file():
+            raise DetectorError(f"{self.folder}: model file {self.bundle.model.file!r} not found")
+        if verify_hash:
+            actual = sha256_of(model_path)
+            if actual != self.bundle.model.sha256:
+                raise DetectorError(
+                    f"{self.folder}: sha256 of {model_path.name} is {actual}, "
+                    f"threshold.json expects {self.bundle.model.sha256}"
+                )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own untyped errors
+            raise DetectorError(f"{self.folder}: onnxruntime cannot load {model_path.name}: {error}") from None
+        self.params = self.bundle.features.params()
+        self.frames = self.bundle.patching.frames
+        self.hop = self.bundle.patching.hop
+        self._mean = np.asarray(self.bundle.normalization.mean, dtype=np.float32)[:, None]
+        self._inv_std = (1.0 / np.asarray(self.bundle.normalization.std, dtype=np.float32))[:, None]
+        self._check_graph()
+        warm_up(self.params)
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.threshold.value
+
+    @property
+    def min_samples(self) -> int:
+        """Fewest samples (at the model's rate) that give one patch."""
+        return (self.frames - 1) * self.params.hop_length
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        n_mels = self.params.n_mels
+        if self.bundle.model.arch == "cae":
+            return (n_mels, self.frames, 1)
+        return (self.frames * n_mels,)
+
+    def _check_graph(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        spec = self.bundle.model
+        if spec.input_name not in inputs or spec.output_name not in outputs:
+            raise DetectorError(
+                f"{self.folder}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
+                f"threshold.json names {spec.input_name!r} and {spec.output_name!r}"
+            )
+        graph_shape = tuple(inputs[spec.input_name].shape[1:])
+        if graph_shape != self.input_shape:
+            raise DetectorError(
+                f"{self.folder}: graph input shape {graph_shape} does not match the feature "
+                f"parameters, which give {self.input_shape}"
+            )
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """Standardised log-mel, shape (n_mels, t), float32."""
+        spec = log_mel(samples, self.params)
+        spec -= self._mean
+        spec *= self._inv_std
+        return spec
+
+    def model_inputs(self, spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Patches of a standardised spectrogram in the graph's layout, and their start frames."""
+        cut, starts = patches(spec, frames=self.frames, hop=self.hop)
+        if self.bundle.model.arch == "cae":
+            batch = cut[..., None]
+        else:
+            # DCASE baseline layout: consecutive frames concatenated, frame-major.
+            batch = cut.transpose(0, 2, 1).reshape(len(cut), -1)
+        return np.ascontiguousarray(batch, dtype=np.float32), starts
+
+    def reconstruct(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.bundle.model.output_name], {self.bundle.model.input_name: batch})[0]
+
+    def score(self, samples: np.ndarray) -> Score:
+        """Anomaly score of a mono waveform at the model's sample rate.
+
+        The score is the mean squared reconstruction error over all patches;
+        each patch's own error is kept with its time span for localisation.
+        """
+        if samples.size < self.min_samples:
+            need = self.min_samples / self.params.sample_rate
+            have = samples.size / self.params.sample_rate
+            raise ClipTooShort(f"audio is {have:.3f} s long; this model needs at least {need:.3f} s")
+        batch, starts = self.model_inputs(self.features(samples))
+        recon = self.reconstruct(batch)
+        errors = np.mean(np.square(batch - recon).reshape(len(batch), -1), axis=1)
+        seconds_per_frame = self.params.hop_length / self.params.sample_rate
+        duration = samples.size / self.params.sample_rate
+        start = starts * seconds_per_frame
+        end = np.minimum((starts + self.frames) * seconds_per_frame, duration)
+        return Score(score=float(errors.mean()), patch_errors=errors, patch_start=start, patch_end=end)
+
+    def is_anomalous(self, score: float) -> bool:
+        return score > self.threshold

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from service.audio import read_audio
+from service.features import FeatureError, FeatureParams, frame_windows, log_mel, patches
+
+
+def _librosa_log_mel(y: np.ndarray, params: FeatureParams) -> np.ndarray:
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=y,
+        sr=params.sample_rate,
+        n_fft=params.n_fft,
+        hop_length=params.hop_length,
+        n_mels=params.n_mels,
+        power=params.power,
+    )
+    return librosa.power_to_db(mel, ref=1.0, amin=params.amin, top_db=None)
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["mimii-8ch/slider_normal.wav", "mimii-8ch/fan_abnormal.wav", "dcase2020-dev/anomaly_id_01_00000000.wav"],
+)
+def test_log_mel_equals_librosa_on_real_clips(real_recordings, relative):
+    params = FeatureParams()
+    y = read_audio(real_recordings / relative, sample_rate=params.sample_rate).samples
+    ours = log_mel(y, params)
+    theirs = _librosa_log_mel(y, params)
+    assert ours.shape == theirs.shape == (128, params.n_frames(y.size))
+    assert np.abs(ours - theirs).max() < 1e-3
+
+
+def test_log_mel_other_parameters_equal_librosa():
+    params = FeatureParams(n_fft=512, hop_length=160, n_mels=64, power=1.0)
+    rng = np.random.default_rng(3)
+    t = np.arange(16000) / 16000
+    y = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    assert np.abs(log_mel(y, params) - _librosa_log_mel(y, params)).max() < 1e-3
+
+
+def test_silence_hits_the_floor_not_minus_infinity():
+    spec = log_mel(np.zeros(16000, dtype=np.float32))
+    assert np.all(spec == pytest.approx(-100.0))
+
+
+def test_tone_energy_lands_in_its_mel_band():
+    params = FeatureParams()
+    t = np.arange(params.sample_rate) / params.sample_rate
+    spec = log_mel(np.sin(2 * np.pi * 1000 * t).astype(np.float32), params)
+    import librosa
+
+    centres = librosa.mel_frequencies(n_mels=params.n_mels + 2, fmax=params.sample_rate / 2)[1:-1]
+    assert abs(centres[spec[:, 10].argmax()] - 1000) < 60
+
+
+@pytest.mark.parametrize(
+    "signal, message",
+    [
+        (np.zeros((2, 100), dtype=np.float32), "mono"),
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.array([0.0, np.nan] * 600, dtype=np.float32), "NaN"),
+    ],
+)
+def test_bad_signals_raise_feature_error(signal, message):
+    with pytest.raises(FeatureError, match=message):
+        log_mel(signal)
+
+
+def test_bad_parameters_raise_feature_error():
+    with pytest.raises(FeatureError):
+        FeatureParams(power=3.0)
+    with pytest.raises(FeatureError):
+        FeatureParams(fmax=9000.0)
+
+
+def test_patches_are_views_at_the_right_frames():
+    spec = np.arange(4 * 20, dtype=np.float32).reshape(4, 20)
+    cut, starts = patches(spec, frames=8, hop=4)
+    assert starts.tolist() == [0, 4, 8, 12]
+    assert cut.shape == (4, 4, 8)
+    np.testing.assert_array_equal(cut[2], spec[:, 8:16])
+    assert frame_windows(7, frames=8, hop=4).size == 0
