@@ -14,9 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.features import FeatureParams
+from service.features import FeatureParams, mel_filterbank, pack_filters, unpack_filters
 
 FORMAT_VERSION = 1
 THRESHOLD_FILE = "threshold.json"
@@ -27,8 +28,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MelFilters(_Strict):
+    """The mel filter bank, packed by `service.features.pack_filters`."""
+
+    first_bin: list[int]
+    weights: list[list[float]]
+
+
 class Features(_Strict):
-    """Log-mel recipe; the fields of `service.features.FeatureParams`."""
+    """Log-mel recipe: the fields of `service.features.FeatureParams` and its filter bank."""
 
     sample_rate: int = Field(16000, gt=0)
     n_fft: int = Field(1024, gt=0)
@@ -38,9 +46,35 @@ class Features(_Strict):
     fmin: float = 0.0
     fmax: float | None = None
     amin: float = Field(1e-10, gt=0)
+    mel_filters: MelFilters | None = Field(
+        None, description="packed filter bank; without it the service computes one with librosa"
+    )
+
+    @model_validator(mode="after")
+    def _filters_match(self) -> Features:
+        if self.mel_filters is not None:
+            self.mel_basis()  # raises on a filter bank of the wrong size
+            if len(self.mel_filters.first_bin) != self.n_mels:
+                raise ValueError(f"mel_filters has {len(self.mel_filters.first_bin)} rows, n_mels is {self.n_mels}")
+        return self
 
     def params(self) -> FeatureParams:
-        return FeatureParams(**self.model_dump())
+        return FeatureParams(**self.model_dump(exclude={"mel_filters"}))
+
+    def mel_basis(self) -> np.ndarray | None:
+        """The packed filter bank as an array, or None when the bundle has none."""
+        if self.mel_filters is None:
+            return None
+        return unpack_filters(self.mel_filters.first_bin, self.mel_filters.weights, n_fft=self.n_fft)
+
+    @classmethod
+    def from_params(cls, params: FeatureParams, *, with_filters: bool = True) -> Features:
+        """The recipe for `params`, with librosa's filter bank packed in (training side)."""
+        filters = None
+        if with_filters:
+            first_bin, weights = pack_filters(mel_filterbank(params))
+            filters = MelFilters(first_bin=first_bin, weights=weights)
+        return cls(**params.to_dict(), mel_filters=filters)
 
 
 class Patching(_Strict):

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle, sha256_of
-from service.features import log_mel, patches, warm_up
+from service.features import log_mel, mel_filterbank, patches, warm_up
 
 
 class DetectorError(Exception):
@@ -73,6 +73,10 @@ class Detector:
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise DetectorError(f"{self.folder}: onnxruntime cannot load {model_path.name}: {error}") from None
         self.params = self.bundle.features.params()
+        # A bundle carries its filter bank, so serving needs no librosa; older
+        # bundles without one fall back to computing it.
+        packed = self.bundle.features.mel_basis()
+        self._mel_basis = packed if packed is not None else mel_filterbank(self.params)
         self.frames = self.bundle.patching.frames
         self.hop = self.bundle.patching.hop
         self._mean = np.asarray(self.bundle.normalization.mean, dtype=np.float32)[:, None]
@@ -114,7 +118,7 @@ class Detector:
 
     def features(self, samples: np.ndarray) -> np.ndarray:
         """Standardised log-mel, shape (n_mels, t), float32."""
-        spec = log_mel(samples, self.params)
+        spec = log_mel(samples, self.params, mel_basis=self._mel_basis)
         spec -= self._mean
         spec *= self._inv_std
         return spec

@@ -3,7 +3,9 @@
 The recipe is librosa's (`librosa.feature.melspectrogram` followed by
 `librosa.power_to_db` without dynamic-range clipping), re-done with a numpy
 STFT so that the service never triggers numba compilation on its start-up
-path. Only the mel filter bank comes from librosa, once per parameter set.
+path. The mel filter bank comes from `librosa.filters.mel`; training packs it
+into the exported model (`pack_filters`), so the service rebuilds it from the
+bundle (`unpack_filters`) and needs neither librosa nor scipy at run time.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ class FeatureParams:
 
 
 @functools.lru_cache(maxsize=16)
-def _mel_basis(params: FeatureParams) -> np.ndarray:
-    # Deferred import: librosa.filters pulls in scipy (about 2.5 s), which is
-    # paid once per parameter set, never per request.
+def mel_filterbank(params: FeatureParams) -> np.ndarray:
+    """librosa's mel filter bank, shape (n_mels, 1 + n_fft // 2), float32, read-only."""
+    # Deferred import: librosa.filters pulls in scipy (about 2.5 s); only
+    # training and tests pay it, the service reads packed filters instead.
     import librosa.filters
 
     basis = librosa.filters.mel(
@@ -80,19 +83,49 @@ def _window(n_fft: int) -> np.ndarray:
     return window
 
 
+def pack_filters(basis: np.ndarray) -> tuple[list[int], list[list[float]]]:
+    """Each triangular mel filter as (first non-zero bin, its non-zero weights).
+
+    A 128 x 513 filter bank has about 1,000 non-zero weights, so it fits in
+    the model's JSON description; float32 values survive the round trip.
+    """
+    first_bins, weights = [], []
+    for row in np.asarray(basis, dtype=np.float32):
+        nonzero = np.flatnonzero(row)
+        lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0)
+        first_bins.append(lo)
+        weights.append([float(w) for w in row[lo:hi]])
+    return first_bins, weights
+
+
+def unpack_filters(first_bins: list[int], weights: list[list[float]], *, n_fft: int) -> np.ndarray:
+    """Inverse of `pack_filters`: shape (n_mels, 1 + n_fft // 2), float32, read-only."""
+    n_bins = 1 + n_fft // 2
+    basis = np.zeros((len(first_bins), n_bins), dtype=np.float32)
+    for row, (lo, values) in enumerate(zip(first_bins, weights, strict=True)):
+        if lo < 0 or lo + len(values) > n_bins:
+            raise FeatureError(f"mel filter {row} spans bins {lo}..{lo + len(values)}, beyond {n_bins}")
+        basis[row, lo : lo + len(values)] = values
+    basis.setflags(write=False)
+    return basis
+
+
 def warm_up(params: FeatureParams) -> None:
-    """Build the cached filter bank and window now rather than on a first request."""
-    _mel_basis(params)
+    """Build the cached window now rather than on a first request."""
     _window(params.n_fft)
 
 
-def log_mel(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
+def log_mel(
+    y: np.ndarray, params: FeatureParams = FeatureParams(), *, mel_basis: np.ndarray | None = None
+) -> np.ndarray:
     """Log-mel spectrogram in dB.
 
     Parameters
     ----------
     y : np.ndarray [shape=(n,)], float
         Mono waveform at `params.sample_rate`, roughly in [-1, 1].
+    mel_basis : np.ndarray [shape=(n_mels, 1 + n_fft // 2)], optional
+        A model's own filter bank; by default `mel_filterbank(params)`.
 
     Returns
     -------
@@ -124,7 +157,8 @@ def log_mel(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarra
     magnitude = np.abs(spectrum).astype(np.float32)
     if params.power == 2.0:
         magnitude *= magnitude
-    mel = _mel_basis(params) @ magnitude.T
+    basis = mel_filterbank(params) if mel_basis is None else mel_basis
+    mel = basis @ magnitude.T
     np.maximum(mel, params.amin, out=mel)
     return (10.0 * np.log10(mel)).astype(np.float32, copy=False)
 

@@ -82,3 +82,30 @@ def test_patches_are_views_at_the_right_frames():
     assert cut.shape == (4, 4, 8)
     np.testing.assert_array_equal(cut[2], spec[:, 8:16])
     assert frame_windows(7, frames=8, hop=4).size == 0
+
+
+def test_packed_filter_bank_round_trips_exactly():
+    from service.bundle import Features
+    from service.features import mel_filterbank, pack_filters, unpack_filters
+
+    params = FeatureParams()
+    basis = mel_filterbank(params)
+    first_bin, weights = pack_filters(basis)
+    assert sum(len(w) for w in weights) == np.count_nonzero(basis)
+    np.testing.assert_array_equal(unpack_filters(first_bin, weights, n_fft=params.n_fft), basis)
+    features = Features.model_validate_json(Features.from_params(params).model_dump_json())
+    np.testing.assert_array_equal(features.mel_basis(), basis)
+    assert features.params() == params
+
+
+def test_packed_filter_bank_of_the_wrong_size_is_refused():
+    from pydantic import ValidationError
+
+    from service.bundle import Features
+
+    packed = Features.from_params(FeatureParams()).mel_filters
+    too_wide = {"first_bin": [512] + packed.first_bin[1:], "weights": packed.weights}
+    with pytest.raises(ValidationError, match="beyond"):
+        Features(mel_filters=too_wide)
+    with pytest.raises(ValidationError, match="n_mels"):
+        Features(n_mels=64, mel_filters=packed)
