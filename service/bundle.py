@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -138,6 +138,15 @@ class Training(_Strict):
     final_loss: float | None = None
     final_val_loss: float | None = None
     command: str | None = None
+    # Written by training.train since the first release; optional so older bundles still load.
+    arch_options: dict[str, Any] | None = None
+    validation_clips_per_id: dict[str, int] | None = None
+    validation_files: list[str] | None = None
+    skipped_names: list[str] | None = None
+    best_epoch: int | None = None
+    loss_history: list[float] | None = None
+    val_loss_history: list[float] | None = None
+    seconds: dict[str, float] | None = None
 
 
 class Bundle(_Strict):

@@ -1,0 +1,152 @@
+"""Dependencies of the routes, as `Annotated` aliases (`SettingsDep`, `ModelDep`, ...).
+
+They are `async def` although none awaits: FastAPI runs plain `def`
+dependencies in its threadpool, a thread hop per dependency for what are
+dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Path, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.api.errors import ApiError
+from service.audio import Channel
+from service.config import Settings
+from service.metrics import ServiceMetrics
+from service.registry import ModelEntry, ModelStatus, Registry
+
+# auto_error=False: a missing key is our 401 in our error shape, and only when a key is set.
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The service's API key (when ASD_API_KEY is set)."
+)
+_bearer = HTTPBearer(auto_error=False, description="The service's API key as a bearer token.")
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+async def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+async def get_limiter(request: Request) -> anyio.CapacityLimiter:
+    return request.app.state.limiter
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
+
+
+async def require_api_key(
+    settings: SettingsDep,
+    header_key: Annotated[str | None, Security(_api_key_header)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> None:
+    """401 unless the request carries the configured key (no-op when none is configured)."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    offered = [k for k in (header_key, bearer.credentials if bearer else None) if k]
+    if not offered:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "an API key is required: send it as X-API-Key or Authorization: Bearer",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    # compare_digest: the time taken does not tell how much of a guess was right.
+    if not any(hmac.compare_digest(k.encode(), expected) for k in offered):
+        raise ApiError(
+            401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+async def ready_registry(registry: RegistryDep) -> Registry:
+    if not registry.loaded:
+        raise ApiError(
+            503, "not_ready", "models are still loading; retry shortly", headers={"Retry-After": "2"}
+        )
+    return registry
+
+
+ReadyRegistryDep = Annotated[Registry, Depends(ready_registry)]
+
+ModelName = Annotated[
+    str,
+    Path(
+        description="Model name: a folder under the models folder, as listed by GET /v1/models.",
+        examples=["slider"],
+    ),
+]
+
+
+def lookup(registry: Registry, name: str) -> ModelEntry:
+    """The entry of `name`, or 404; names are only looked up, never joined to a path."""
+    entry = registry.get(name)
+    if entry is None:
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise ApiError(404, "model_not_found", f"no model named {shown!r}; GET /v1/models lists them")
+    return entry
+
+
+async def get_model(name: ModelName, registry: ReadyRegistryDep) -> ModelEntry:
+    return lookup(registry, name)
+
+
+def usable(entry: ModelEntry) -> ModelEntry:
+    if entry.status is not ModelStatus.READY or entry.detector is None:
+        raise ApiError(503, "model_broken", f"model {entry.name!r} failed to load: {entry.error}")
+    return entry
+
+
+async def get_ready_model(name: ModelName, registry: ReadyRegistryDep) -> ModelEntry:
+    return usable(lookup(registry, name))
+
+
+async def get_default_model(registry: ReadyRegistryDep, settings: SettingsDep) -> ModelEntry:
+    entry = registry.get(settings.default_model)
+    if entry is None:
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"the default model {settings.default_model!r} is not in the models folder",
+        )
+    return usable(entry)
+
+
+ModelDep = Annotated[ModelEntry, Depends(get_model)]
+ReadyModelDep = Annotated[ModelEntry, Depends(get_ready_model)]
+DefaultModelDep = Annotated[ModelEntry, Depends(get_default_model)]
+
+
+async def get_channel(
+    channel: Annotated[
+        str,
+        Query(
+            description=(
+                "Channel to score in a multi-channel recording: an index from 0 (the default, "
+                "as DCASE 2020 used for MIMII), or `mean` for the average of all channels."
+            ),
+            pattern=r"^(mean|[0-9]{1,4})$",
+            examples=["0", "mean"],
+        ),
+    ] = "0",
+) -> Channel:
+    # A string with a pattern rather than `int | Literal["mean"]`: one clear
+    # validation message instead of one per union member.
+    return "mean" if channel == "mean" else int(channel)
+
+
+ChannelDep = Annotated[Channel, Depends(get_channel)]

@@ -1,0 +1,61 @@
+"""What is being served: the detectors, their thresholds and what they were trained on."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.api.deps import ModelDep, ReadyRegistryDep, SettingsDep, require_api_key
+from service.api.errors import error_responses
+from service.api.openapi import DocstringRoute
+from service.registry import ModelEntry
+from service.schemas import ModelInfo, ModelList, PatchingInfo
+
+router = APIRouter(
+    route_class=DocstringRoute, prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)]
+)
+
+
+@router.get("", response_model=ModelList, responses=error_responses(401, 503))
+async def list_models(registry: ReadyRegistryDep, settings: SettingsDep) -> ModelList:
+    """List every model folder found, ready or broken (with the reason)."""
+    entries = sorted(registry.models.values(), key=lambda e: e.name)
+    return ModelList(
+        default_model=settings.default_model,
+        models=[describe(e, default=e.name == settings.default_model) for e in entries],
+    )
+
+
+@router.get("/{name}", response_model=ModelInfo, responses=error_responses(401, 404, 503))
+async def get_model(entry: ModelDep, settings: SettingsDep) -> ModelInfo:
+    """Describe one model: threshold and how it was set, features, patching, training data."""
+    return describe(entry, default=entry.name == settings.default_model)
+
+
+def describe(entry: ModelEntry, *, default: bool) -> ModelInfo:
+    info = ModelInfo(name=entry.name, status=entry.status.value, error=entry.error, default=default)
+    bundle = entry.bundle
+    if bundle is None:  # threshold.json missing or unreadable: only the error is known
+        return info
+    seconds_per_frame = bundle.features.hop_length / bundle.features.sample_rate
+    frames, hop = bundle.patching.frames, bundle.patching.hop
+    return info.model_copy(
+        update={
+            "machine_type": bundle.machine_type,
+            "machine_ids": bundle.machine_ids,
+            "arch": bundle.model.arch,
+            "threshold": bundle.threshold,
+            # The recipe without the packed filter bank: thousands of numbers nobody reads.
+            "features": bundle.features.params(),
+            "packed_mel_filters": bundle.features.mel_filters is not None,
+            "patching": PatchingInfo(
+                frames=frames,
+                hop=hop,
+                seconds=round(frames * seconds_per_frame, 6),
+                hop_seconds=round(hop * seconds_per_frame, 6),
+            ),
+            "min_duration_s": round((frames - 1) * seconds_per_frame, 6),
+            "training": bundle.training,
+            "model": bundle.model,
+            "versions": bundle.versions,
+        }
+    )

@@ -1,0 +1,205 @@
+"""Scoring uploads: one clip (multipart or raw body), the default model, or a batch."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, BinaryIO
+
+import anyio
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+
+from service.api.deps import (
+    ChannelDep,
+    DefaultModelDep,
+    LimiterDep,
+    MetricsDep,
+    ReadyModelDep,
+    SettingsDep,
+    require_api_key,
+)
+from service.api.errors import ApiError, audio_error, error_responses
+from service.api.openapi import DocstringRoute
+from service.audio import AudioError, Channel
+from service.config import Settings
+from service.detector import ClipTooShort
+from service.features import FeatureError
+from service.metrics import ServiceMetrics
+from service.registry import ModelEntry
+from service.schemas import BatchFailed, BatchResult, BatchScored, ScoreResult
+from service.scoring import score_upload
+from service.uploads import MULTIPART, RAW_AUDIO_TYPES, media_type, read_body
+
+router = APIRouter(
+    route_class=DocstringRoute, prefix="/v1", tags=["scoring"], dependencies=[Depends(require_api_key)]
+)
+
+FileParam = Annotated[
+    UploadFile | None,
+    File(
+        description=(
+            "The recording: WAV (PCM 8/16/24/32-bit or float), FLAC, OGG or anything libsndfile reads; "
+            "any sample rate, mono or multi-channel. Leave the form out to send the audio itself as the body."
+        )
+    ),
+]
+FilesParam = Annotated[list[UploadFile], File(description="The recordings, one multipart part each.")]
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# The generated request body only knows the multipart form; add the raw audio types.
+RAW_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "description": "multipart/form-data with the field `file`, or the audio itself as the body.",
+        "content": {kind: _BINARY for kind in sorted(RAW_AUDIO_TYPES)},
+    }
+}
+SCORE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 503)
+
+
+@router.post(
+    "/models/{name}/score", response_model=ScoreResult, responses=SCORE_ERRORS, openapi_extra=RAW_BODY_DOC
+)
+async def score_with_model(
+    request: Request,
+    entry: ReadyModelDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    limiter: LimiterDep,
+    channel: ChannelDep,
+    file: FileParam = None,
+) -> ScoreResult:
+    """Score one clip with the named model."""
+    return await _score_request(request, entry, file, channel, settings, metrics, limiter)
+
+
+@router.post("/score", response_model=ScoreResult, responses=SCORE_ERRORS, openapi_extra=RAW_BODY_DOC)
+async def score_with_default(
+    request: Request,
+    entry: DefaultModelDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    limiter: LimiterDep,
+    channel: ChannelDep,
+    file: FileParam = None,
+) -> ScoreResult:
+    """Score one clip with the default model (ASD_DEFAULT_MODEL)."""
+    return await _score_request(request, entry, file, channel, settings, metrics, limiter)
+
+
+@router.post(
+    "/models/{name}/score/batch",
+    response_model=BatchResult,
+    responses=error_responses(400, 401, 404, 413, 422, 503),
+)
+async def score_batch(
+    request: Request,
+    entry: ReadyModelDep,
+    files: FilesParam,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    limiter: LimiterDep,
+    channel: ChannelDep,
+) -> BatchResult:
+    """Score several clips (multipart field `files`); a file that fails gets its own error entry."""
+    # The file count is capped while parsing the form (form_limits in create_app).
+    request.state.model = entry.name
+    results: list[BatchScored | BatchFailed] = []
+    total_ms = 0.0
+    for upload in files:
+        try:
+            result = await _score(
+                entry, _upload_source(upload), channel, upload.filename, settings, metrics, limiter
+            )
+        except ApiError as error:
+            results.append(
+                BatchFailed(
+                    filename=upload.filename, status=error.status, code=error.code, message=error.message
+                )
+            )
+            continue
+        total_ms += result.processing_ms
+        results.append(BatchScored(filename=upload.filename, result=result))
+    scored = sum(isinstance(r, BatchScored) for r in results)
+    return BatchResult(
+        model=entry.name,
+        n_files=len(results),
+        n_scored=scored,
+        n_failed=len(results) - scored,
+        results=results,
+        processing_ms=round(total_ms, 2),
+    )
+
+
+async def _score_request(
+    request: Request,
+    entry: ModelEntry,
+    file: UploadFile | None,
+    channel: Channel,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    limiter: anyio.CapacityLimiter,
+) -> ScoreResult:
+    request.state.model = entry.name
+    kind = media_type(request)
+    if kind == MULTIPART:
+        if file is None:
+            raise ApiError(
+                422, "missing_file", "the multipart form must carry the recording in a field named 'file'"
+            )
+        source, filename = _upload_source(file), file.filename
+    elif kind in RAW_AUDIO_TYPES:
+        source, filename = await read_body(request, int(settings.max_upload_size)), None
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {kind or '(none)'!r} is not accepted: send multipart/form-data with a 'file' "
+            f"field, or the audio as the body with one of {', '.join(sorted(RAW_AUDIO_TYPES))}",
+        )
+    result = await _score(entry, source, channel, filename, settings, metrics, limiter)
+    request.state.decision = result.decision
+    return result
+
+
+def _upload_source(upload: UploadFile) -> bytes | bytearray | BinaryIO:
+    # The spooled file itself (memory up to 1 MB, then disk): no second copy of the bytes.
+    if upload.size == 0:
+        return b""
+    upload.file.seek(0)
+    return upload.file
+
+
+async def _score(
+    entry: ModelEntry,
+    source: bytes | bytearray | BinaryIO,
+    channel: Channel,
+    filename: str | None,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    limiter: anyio.CapacityLimiter,
+) -> ScoreResult:
+    """Score in a worker thread (decode, features and inference are CPU work), at most `limiter` at once."""
+    assert entry.detector is not None
+    work = functools.partial(
+        score_upload,
+        entry.name,
+        entry.detector,
+        source,
+        channel=channel,
+        filename=filename,
+        min_seconds=settings.min_duration_s,
+        max_seconds=settings.max_duration_s,
+        segment_seconds=settings.segment_s,
+    )
+    try:
+        result = await anyio.to_thread.run_sync(work, limiter=limiter)
+    except (AudioError, ClipTooShort) as error:
+        metrics.scoring_errors.labels(entry.name, error.code).inc()
+        raise audio_error(error) from None
+    except FeatureError as error:
+        # read_audio already refuses what log-mel cannot take; this is a second net.
+        metrics.scoring_errors.labels(entry.name, "invalid_audio").inc()
+        raise ApiError(400, "invalid_audio", str(error)) from None
+    metrics.scoring_seconds.labels(entry.name).observe(result.processing_ms / 1000)
+    metrics.decisions.labels(entry.name, result.decision).inc()
+    metrics.ratio.labels(entry.name).observe(result.ratio)
+    return result

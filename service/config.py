@@ -1,0 +1,100 @@
+"""Service configuration: one pydantic-settings class, read from `ASD_*` environment variables.
+
+`HOST` and `PORT` are also honoured without the prefix, because that is what
+`make serve` and most process managers set; the `ASD_` form wins when both
+are present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, ByteSize, Field, PositiveInt, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository's models/ folder, found from this file rather than the
+# working directory, so `asd-serve` works from anywhere in an editable install.
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset/cgroup affinity where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; see the field descriptions or README for the variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASD_",
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="Folder whose sub-folders are detectors.")
+    default_model: str = Field("slider", description="Model that POST /v1/score uses.")
+    max_upload_size: ByteSize = Field(
+        ByteSize(50 * 1024 * 1024),
+        description="Largest request body accepted, e.g. 52428800 or '50MiB'; larger answers 413.",
+    )
+    min_duration_s: float = Field(
+        0.0, ge=0, description="Shortest clip accepted; each model also needs at least one patch."
+    )
+    max_duration_s: float = Field(300.0, gt=0, description="Longest clip accepted (checked on the header).")
+    max_batch_files: PositiveInt = Field(20, description="Most files in one batch request.")
+    segment_s: float = Field(
+        1.0, gt=0, description="Length of the segments that patch scores are grouped in."
+    )
+    ort_threads: PositiveInt | None = Field(
+        None, description="onnxruntime intra-op threads per session; default cores // workers."
+    )
+    max_concurrent_scoring: PositiveInt | None = Field(
+        None, description="Clips scored at once per worker (threadpool limiter); default cores // workers."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, /v1/* needs it in X-API-Key or Authorization: Bearer."
+    )
+    log_level: LogLevel = "INFO"
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("ASD_HOST", "HOST"))
+    port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("ASD_PORT", "PORT"))
+    workers: PositiveInt = Field(1, description="uvicorn worker processes.")
+    worker_healthcheck_timeout_s: PositiveInt = Field(
+        30,
+        description=(
+            "With several workers, uvicorn restarts one that does not answer its ping within this "
+            "time; model loading can hold the GIL for seconds, so this is longer than uvicorn's 5 s."
+        ),
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty ASD_API_KEY= must not mean "the key is the empty string".
+        return value if value is not None and value.get_secret_value() else None
+
+    @property
+    def cores_per_worker(self) -> int:
+        return max(1, available_cores() // self.workers)
+
+    @property
+    def intra_op_threads(self) -> int:
+        """onnxruntime threads per session, so that workers x threads is the core count by default."""
+        return self.ort_threads or self.cores_per_worker
+
+    @property
+    def scoring_concurrency(self) -> int:
+        return self.max_concurrent_scoring or self.cores_per_worker

@@ -1,0 +1,112 @@
+"""Prometheus metrics of one app: HTTP traffic, scoring outcomes, model status.
+
+Each app gets its own `CollectorRegistry`, so apps built in tests start from
+zero. With several uvicorn workers, every worker is its own process with its
+own counters; when `PROMETHEUS_MULTIPROC_DIR` is set (`run()` sets it to a
+fresh temporary folder whenever `workers > 1`), prometheus_client writes the
+values to files there and `/metrics` merges the files of all workers, so
+whichever worker answers shows the totals. The variable must be set before
+the worker processes import prometheus_client, which is why `run()` does it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    multiprocess,
+    platform_collector,
+    process_collector,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# score / threshold: fine around 1, where decisions flip.
+RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServiceMetrics:
+    """All metrics the service records, registered in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess_dir() is not None
+        if not self.multiprocess:
+            # Process metrics describe this one process; in multiprocess mode
+            # they would not add up across workers, so prometheus_client skips them.
+            process_collector.ProcessCollector(registry=self.registry)
+            platform_collector.PlatformCollector(registry=self.registry)
+            gc_collector.GCCollector(registry=self.registry)
+        registry = self.registry
+        self.requests = Counter(
+            "asd_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "asd_http_request_duration_seconds",
+            "Time from request to the end of the response, by route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.scoring_seconds = Histogram(
+            "asd_scoring_duration_seconds",
+            "Decode, features and inference time of one clip.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "asd_decisions_total",
+            "Scored clips by model and decision.",
+            ["model", "decision"],
+            registry=registry,
+        )
+        self.ratio = Histogram(
+            "asd_score_ratio",
+            "Anomaly score divided by the model's threshold, per scored clip.",
+            ["model"],
+            buckets=RATIO_BUCKETS,
+            registry=registry,
+        )
+        self.scoring_errors = Counter(
+            "asd_scoring_errors_total",
+            "Clips that could not be scored, by model and error code.",
+            ["model", "code"],
+            registry=registry,
+        )
+        # Every worker loads the same folder, so the max over workers is the answer.
+        self.models = Gauge(
+            "asd_models",
+            "Models found in the models folder, by status (ready or broken).",
+            ["status"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.threshold = Gauge(
+            "asd_model_threshold",
+            "Decision threshold of each ready model.",
+            ["model"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of all metrics, merged across workers in multiprocess mode."""
+        if self.multiprocess:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,239 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI schemas too).
+
+The facts about a model reuse `service.bundle`'s classes (the threshold.json
+schema) instead of restating them, so the API shows exactly what was exported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.bundle import OnnxModel, Patching, Threshold, Training
+from service.features import FeatureParams
+
+Decision = Literal["normal", "anomalous"]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable reason, e.g. `undecodable_audio`.")
+    message: str = Field(description="What is wrong, for a person.")
+    request_id: str | None = Field(None, description="Also in the X-Request-ID response header.")
+    details: list[dict[str, Any]] | None = Field(
+        None, description="Per-field problems, for validation errors (`loc`, `msg`, `type`)."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every non-2xx answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "undecodable_audio",
+                        "message": "cannot decode audio: Format not recognised.",
+                        "request_id": "4f1c2a7e9b0d4e57",
+                    }
+                }
+            ]
+        }
+    )
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "models_ready": ["slider", "slider-dense"],
+                    "models_broken": [],
+                    "default_model": "slider",
+                    "default_model_ready": True,
+                }
+            ]
+        }
+    )
+
+    status: Literal["loading", "ready", "unavailable"] = Field(
+        description="`ready` once loading finished and at least one model serves."
+    )
+    models_ready: list[str]
+    models_broken: list[str]
+    default_model: str
+    default_model_ready: bool
+
+
+class PatchingInfo(Patching):
+    seconds: float = Field(description="Length of one patch in seconds.")
+    hop_seconds: float = Field(description="Time between the starts of two patches.")
+
+
+class ModelInfo(BaseModel):
+    """What a detector is, how its threshold was set and what it learned from."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "slider",
+                    "status": "ready",
+                    "error": None,
+                    "default": True,
+                    "machine_type": "slider",
+                    "machine_ids": ["id_00", "id_02", "id_04", "id_06"],
+                    "threshold": {
+                        "value": 12.7,
+                        "method": "gamma",
+                        "quantile": 0.9,
+                        "gamma": {"shape": 8.1, "loc": 2.3, "scale": 1.1},
+                        "n_calibration_clips": 280,
+                        "empirical_false_alarm_rate": 0.096,
+                    },
+                    "min_duration_s": 1.0,
+                }
+            ]
+        },
+    )
+
+    name: str
+    status: Literal["ready", "broken"]
+    error: str | None = Field(None, description="Why a broken model could not be loaded.")
+    default: bool = Field(description="Whether POST /v1/score uses this model.")
+    machine_type: str | None = None
+    machine_ids: list[str] | None = None
+    arch: str | None = None
+    threshold: Threshold | None = None
+    features: FeatureParams | None = Field(None, description="The log-mel recipe the model was trained with.")
+    packed_mel_filters: bool | None = Field(
+        None, description="Whether threshold.json carries the mel filter bank (else it is computed at load)."
+    )
+    patching: PatchingInfo | None = None
+    min_duration_s: float | None = Field(None, description="Shortest clip that gives one patch.")
+    training: Training | None = None
+    model: OnnxModel | None = Field(None, description="The ONNX file, its sha256 and graph names.")
+    versions: dict[str, str] | None = None
+
+
+class ModelList(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+
+
+class ClipInfo(BaseModel):
+    filename: str | None = None
+    duration_s: float = Field(description="Length of the uploaded audio.")
+    sample_rate: int = Field(description="Rate the model scored at (after resampling).")
+    source_sample_rate: int = Field(description="Rate of the upload.")
+    channels: int = Field(description="Channels in the upload.")
+    channel: int | Literal["mean"] = Field(description="Channel that was scored.")
+    format: str
+    subtype: str
+
+
+class Segment(BaseModel):
+    index: int
+    start_s: float
+    end_s: float
+    score: float = Field(description="Mean reconstruction error of the patches centred in this segment.")
+    ratio: float = Field(description="score / threshold; above 1 this part alone looks anomalous.")
+    n_patches: int
+    worst: bool = Field(description="The segment with the highest score.")
+
+
+class ScoreResult(BaseModel):
+    """One clip scored by one model."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "slider",
+                    "score": 14.2,
+                    "threshold": 12.7,
+                    "ratio": 1.118,
+                    "decision": "anomalous",
+                    "clip": {
+                        "filename": "slider_abnormal.wav",
+                        "duration_s": 10.0,
+                        "sample_rate": 16000,
+                        "source_sample_rate": 16000,
+                        "channels": 8,
+                        "channel": 0,
+                        "format": "WAV",
+                        "subtype": "PCM_16",
+                    },
+                    "segments": [
+                        {
+                            "index": 0,
+                            "start_s": 0.0,
+                            "end_s": 1.0,
+                            "score": 11.9,
+                            "ratio": 0.937,
+                            "n_patches": 4,
+                            "worst": False,
+                        },
+                        {
+                            "index": 1,
+                            "start_s": 1.0,
+                            "end_s": 2.0,
+                            "score": 19.5,
+                            "ratio": 1.535,
+                            "n_patches": 4,
+                            "worst": True,
+                        },
+                    ],
+                    "worst_segment": 1,
+                    "n_patches": 8,
+                    "processing_ms": 21.4,
+                }
+            ]
+        },
+    )
+
+    model: str
+    score: float = Field(description="Mean reconstruction error over all patches.")
+    threshold: float
+    ratio: float = Field(description="score / threshold.")
+    decision: Decision = Field(description="`anomalous` when score > threshold.")
+    clip: ClipInfo
+    segments: list[Segment] = Field(description="Patch errors grouped into segments of about 1 s.")
+    worst_segment: int = Field(description="Index of the segment with the highest score.")
+    n_patches: int
+    processing_ms: float = Field(description="Decode, features and inference time.")
+
+
+class BatchScored(BaseModel):
+    filename: str | None
+    status: Literal[200] = 200
+    result: ScoreResult
+
+
+class BatchFailed(BaseModel):
+    filename: str | None
+    status: int = Field(description="The HTTP status this file alone would have had.")
+    code: str
+    message: str
+
+
+class BatchResult(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    n_files: int
+    n_scored: int
+    n_failed: int
+    results: list[BatchScored | BatchFailed] = Field(description="One entry per file, in upload order.")
+    processing_ms: float

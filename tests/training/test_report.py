@@ -1,0 +1,278 @@
+import argparse
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.audio import read_audio
+from service.detector import Detector
+from tests.training.tiny_detector import make_detector, with_threshold, write_test_set
+from training import plots
+from training.metrics import detection_metrics
+from training.report import (
+    ClipError,
+    EvaluationError,
+    MissingFolderError,
+    ModelLoadError,
+    ModelScores,
+    NoTestDataError,
+    add_evaluate_arguments,
+    build_report,
+    evaluate_model,
+    find_test_clips,
+    format_table,
+    run_evaluate,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ID_KEYS = {"auc", "pauc", "precision", "recall", "f1", "tp", "fp", "tn", "fn", "n_normal", "n_anomaly"}
+MEAN_KEYS = {"auc", "pauc", "precision", "recall", "f1"}
+N_NORMAL, N_ANOMALY = 4, 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two tiny detectors (CAE and dense layout) and a two-ID synthetic test set."""
+    root = tmp_path_factory.mktemp("evaluate")
+    cae = make_detector(root / "slider-cae", arch="cae", factor=0.5)
+    dense = make_detector(root / "slider-dense", arch="dense", factor=0.7)
+    # Thresholds between the normal clips and most anomalous ones (see tiny_detector).
+    with_threshold(cae, 15.7)
+    with_threshold(dense, 5.66)
+    data = write_test_set(root / "data", ids=("00", "02"), n_normal=N_NORMAL, n_anomaly=N_ANOMALY)
+    return {"root": root, "cae": cae, "dense": dense, "data": data}
+
+
+def _assert_png(path: Path, *, min_kb: float = 5) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > min_kb * 1024, f"{path} is only {len(data)} bytes"
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    text = path.read_text(encoding="utf-8")
+    assert "\r" not in text  # the DCASE baseline writes "\n" line ends
+    return list(csv.reader(text.splitlines()))
+
+
+def _assert_section(section: dict, *, model: str) -> None:
+    assert section["model"] == model
+    assert section["machine_type"] == "slider"
+    assert set(section["ids"]) == {"00", "02"}
+    for metrics in section["ids"].values():
+        assert set(metrics) == ID_KEYS
+        assert all(0.0 <= metrics[k] <= 1.0 for k in MEAN_KEYS)
+        assert (metrics["n_normal"], metrics["n_anomaly"]) == (N_NORMAL, N_ANOMALY)
+        assert metrics["tp"] + metrics["fn"] == N_ANOMALY and metrics["tn"] + metrics["fp"] == N_NORMAL
+    assert set(section["mean"]) == MEAN_KEYS
+    for key in MEAN_KEYS:
+        expected = sum(m[key] for m in section["ids"].values()) / 2
+        assert section["mean"][key] == pytest.approx(expected)
+
+
+def test_evaluate_writes_report_csvs_and_figures(setup, tmp_path, capsys):
+    out = tmp_path / "report"
+    report = evaluate_model(setup["cae"], setup["data"], out=out, progress=True)
+    assert "scoring slider-cae" in capsys.readouterr().err  # the tqdm bar
+
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == report
+    assert set(on_disk) == {"model", "machine_type", "threshold", "ids", "mean"}
+    assert on_disk["threshold"] == pytest.approx(15.7)
+    _assert_section(on_disk, model="slider-cae")
+    # The louder clips score higher, and the barely-audible anomaly of each ID is missed.
+    assert on_disk["mean"]["auc"] > 0.8
+    assert on_disk["ids"]["00"]["fn"] >= 1
+
+    test_dir = setup["data"] / "slider" / "test"
+    for machine_id in ("00", "02"):
+        expected_names = sorted(p.name for p in test_dir.glob(f"*_id_{machine_id}_*.wav"))
+        scores = _read_csv(out / f"anomaly_score_slider_id_{machine_id}.csv")
+        decisions = _read_csv(out / f"decision_result_slider_id_{machine_id}.csv")
+        assert len(scores) == len(decisions) == N_NORMAL + N_ANOMALY
+        assert sorted(row[0] for row in scores) == expected_names
+        assert [row[0] for row in decisions] == [row[0] for row in scores]
+        assert all(len(row) == 2 for row in scores + decisions)
+        # Decisions are score > threshold, and the report's metrics follow from the CSV.
+        assert [int(d[1]) for d in decisions] == [int(float(s[1]) > 15.7) for s in scores]
+        if machine_id == "00":
+            # Scored in a thread pool, yet each row holds its own file's score.
+            detector = Detector(setup["cae"])
+            for name, value in scores:
+                y = read_audio(test_dir / name, sample_rate=16000).samples
+                assert float(value) == pytest.approx(detector.score(y).score, rel=1e-6)
+        labels = [int(row[0].startswith("anomaly")) for row in scores]
+        recomputed = detection_metrics(labels, [float(row[1]) for row in scores], 15.7)
+        assert recomputed == on_disk["ids"][machine_id]
+
+    for figure in ("roc.png", "score_histograms.png", "confusion_matrices.png"):
+        _assert_png(out / figure)
+    assert not (out / "compare").exists()
+
+
+def test_compare_puts_both_models_in_one_report(setup, tmp_path, capsys):
+    out = tmp_path / "both"
+    report = evaluate_model(setup["cae"], setup["data"], out=out, compare=setup["dense"], progress=False)
+    _assert_section(report, model="slider-cae")
+    _assert_section(report["compare"], model="slider-dense")
+    assert "compare" not in report["compare"]
+    assert json.loads((out / "report.json").read_text()) == report
+    # Each model's CSVs: the first at the top, the compared one under compare/.
+    for folder in (out, out / "compare"):
+        assert len(_read_csv(folder / "anomaly_score_slider_id_02.csv")) == N_NORMAL + N_ANOMALY
+    assert _read_csv(out / "anomaly_score_slider_id_00.csv") != _read_csv(
+        out / "compare" / "anomaly_score_slider_id_00.csv"
+    )
+    for figure in ("roc.png", "score_histograms.png", "confusion_matrices.png"):
+        _assert_png(out / figure)
+
+    table = format_table(report)
+    assert "slider-cae" in table and "slider-dense" in table
+    assert len(re.findall(r"^mean\s", table, flags=re.MULTILINE)) == 2
+    assert len(re.findall(r"^0[02]\s", table, flags=re.MULTILINE)) == 4
+
+
+def test_table_columns_are_aligned(setup):
+    scores = ModelScores(
+        model="m",
+        machine_type="slider",
+        threshold=0.5,
+        ids={
+            "00": {"files": ["a.wav", "b.wav", "c.wav"], "labels": [0, 1, 1], "scores": [0.3, 0.9, 0.2]},
+            "04": {"files": ["d.wav", "e.wav"], "labels": [0, 1], "scores": [0.3, 0.7]},
+        },
+    )
+    table = format_table(build_report(scores))
+    rows = [line for line in table.splitlines() if re.match(r"^(ID|00|04|mean)\s", line)]
+    assert len(rows) == 4
+    assert len({len(row) for row in rows}) == 1  # same width: columns line up
+    header = rows[0]
+    mean_row = rows[-1]
+    # Mean row: metrics averaged, counts summed. ID 00: AUC 0.5 (0.2 ranks below 0.3),
+    # tp 1, fn 1, tn 1; ID 04: AUC 1, tp 1, tn 1.
+    assert mean_row.split()[-4:] == ["2", "0", "2", "1"]
+    assert mean_row.split()[2] == "0.7500"
+    assert header.index("AUC") + len("AUC") == mean_row.index("0.7500") + len("0.7500")  # right-aligned
+
+
+def test_build_report_refuses_an_id_with_one_class():
+    scores = ModelScores(
+        model="m", machine_type="slider", threshold=0.5,
+        ids={"00": {"files": ["a.wav", "b.wav"], "labels": [0, 0], "scores": [0.1, 0.2]}},
+    )
+    with pytest.raises(NoTestDataError, match="ID 00: AUC is undefined without anomalous clips"):
+        build_report(scores)
+
+
+def test_write_report_checks_results_match_the_report(tmp_path):
+    ids = {"00": {"files": ["a.wav", "b.wav"], "labels": [0, 1], "scores": [0.1, 0.9]}}
+    first = ModelScores(model="a", machine_type="slider", threshold=0.5, ids=ids)
+    other = ModelScores(model="b", machine_type="slider", threshold=0.5, ids=ids)
+    with pytest.raises(ValueError, match="results are for"):
+        write_report(build_report(first), other, tmp_path)
+    written = write_report(build_report(first, other), [first, other], tmp_path)
+    assert tmp_path / "compare" / "decision_result_slider_id_00.csv" in written
+    assert _read_csv(tmp_path / "decision_result_slider_id_00.csv") == [["a.wav", "0"], ["b.wav", "1"]]
+
+
+def test_ids_option_selects_a_subset(setup, tmp_path):
+    report = evaluate_model(setup["cae"], setup["data"], ids=["2"], progress=False)
+    assert list(report["ids"]) == ["02"]
+    assert not list(tmp_path.iterdir())  # out=None writes nothing
+
+
+def test_missing_folders_raise_missing_folder_error(setup, tmp_path):
+    with pytest.raises(MissingFolderError, match="data folder .* does not exist"):
+        evaluate_model(setup["cae"], tmp_path / "nowhere", progress=False)
+    with pytest.raises(MissingFolderError, match="model folder .* does not exist"):
+        evaluate_model(tmp_path / "no-model", setup["data"], progress=False)
+
+
+def test_model_without_test_data_for_its_ids(setup, tmp_path):
+    other_ids = write_test_set(tmp_path / "ids46", ids=("04", "06"), n_normal=1, n_anomaly=1)
+    expected = r"no test clips for machine ID\(s\) 00, 02 in .* clips for 04, 06"
+    with pytest.raises(NoTestDataError, match=expected):
+        evaluate_model(setup["cae"], other_ids, progress=False)
+
+    (tmp_path / "empty" / "slider" / "test").mkdir(parents=True)
+    with pytest.raises(NoTestDataError, match="no WAV files in .*expected the DCASE layout"):
+        evaluate_model(setup["cae"], tmp_path / "empty", progress=False)
+
+    (tmp_path / "other-type" / "fan" / "test").mkdir(parents=True)
+    with pytest.raises(NoTestDataError, match="no WAV files in"):
+        evaluate_model(setup["cae"], tmp_path / "other-type", progress=False)
+
+    only_normal = write_test_set(tmp_path / "normal-only", ids=("00", "02"), n_normal=2, n_anomaly=0)
+    with pytest.raises(NoTestDataError, match="machine ID 00 has no anomalous test clips"):
+        evaluate_model(setup["cae"], only_normal, progress=False)
+
+    with pytest.raises(EvaluationError, match="machine IDs are numbers"):
+        evaluate_model(setup["cae"], setup["data"], ids=["x1"], progress=False)
+
+
+def test_unlabelled_evaluation_set_is_explained(tmp_path):
+    test_dir = tmp_path / "slider" / "test"
+    test_dir.mkdir(parents=True)
+    (test_dir / "id_01_00000000.wav").write_bytes(b"")
+    with pytest.raises(NoTestDataError, match="unlabelled"):
+        find_test_clips(tmp_path, "slider")
+
+
+def test_find_test_clips_accepts_the_machine_type_and_test_folders(setup):
+    via_root = find_test_clips(setup["data"], "slider")
+    assert via_root == find_test_clips(setup["data"] / "slider", "slider")
+    assert via_root == find_test_clips(setup["data"] / "slider" / "test", "slider")
+    assert [label for _, label in via_root["00"]] == [1] * N_ANOMALY + [0] * N_NORMAL
+
+
+def test_an_undecodable_clip_is_named(setup, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    bad = data / "slider" / "test" / "normal_id_02_00000099.wav"
+    bad.write_bytes(b"RIFF0000WAVEjunk")
+    with pytest.raises(ClipError, match="normal_id_02_00000099.wav: cannot decode audio"):
+        evaluate_model(setup["cae"], data, progress=False, workers=2)
+
+
+def test_broken_model_and_other_machine_type(setup, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["cae"], broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="sha256"):
+        evaluate_model(broken, setup["data"], progress=False)
+
+    fan = make_detector(tmp_path / "fan", machine_type="fan")
+    with pytest.raises(EvaluationError, match="cannot compare a 'slider' model with a 'fan' model"):
+        evaluate_model(setup["cae"], setup["data"], compare=fan, progress=False)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="asd-train evaluate")
+    add_evaluate_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_run_evaluate_exit_status_and_messages(setup, tmp_path, capsys):
+    status = run_evaluate(_parse([str(setup["cae"]), str(tmp_path / "missing"), "--no-progress"]))
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "error: data folder" in captured.err and "does not exist" in captured.err
+
+    out = tmp_path / "cli"
+    argv = [str(setup["dense"]), str(setup["data"]), "--out", str(out), "--channel", "0", "--no-progress"]
+    assert run_evaluate(_parse(argv)) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^mean\s+slider-dense\s+\d\.\d{4}", printed, flags=re.MULTILINE)
+    assert json.loads((out / "report.json").read_text())["model"] == "slider-dense"
+
+
+def test_training_curves_figure(tmp_path):
+    history = {"loss": [1.0, 0.5, 0.3, 0.25], "val_loss": [1.1, 0.6, 0.4, 0.45], "lr": [1e-3] * 4}
+    path = plots.plot_training_curves(history, tmp_path / "fit" / "training_curves.png")
+    _assert_png(path)
+    with pytest.raises(ValueError, match="no 'loss'"):
+        plots.plot_training_curves({"val_loss": [1.0]}, tmp_path / "x.png")

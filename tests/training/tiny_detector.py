@@ -1,0 +1,146 @@
+"""Tiny exported detectors and DCASE-layout clips for the evaluation and explore tests.
+
+The detector is an ONNX graph that multiplies its input by a constant, so the
+tests do not depend on training: with normalization mean -100 dB and std 10,
+the standardised log-mel is >= 0 and grows with loudness, and the error
+``(1 - factor)² · mean(x²)`` is larger for a louder clip. "Anomalous" test
+clips add a loud tone, so they score higher than the normal ones.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import soundfile as sf
+from onnx import TensorProto, helper
+
+from service.bundle import (
+    Bundle,
+    Features,
+    GammaFit,
+    Normalization,
+    OnnxModel,
+    Patching,
+    Threshold,
+    Training,
+    sha256_of,
+)
+from service.features import FeatureParams
+
+SAMPLE_RATE = 16000
+FRAMES = 32
+HOP = 16
+
+
+def _scale_graph(path: Path, *, factor: float, input_shape: list[int | str]) -> None:
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [factor])
+    node = helper.make_node("Mul", ["input", "scale"], ["output"])
+    graph = helper.make_graph(
+        [node],
+        "scale",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, input_shape)],
+        initializer=[scale],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by any onnxruntime >= 1.14
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def make_detector(
+    folder: Path,
+    *,
+    arch: str = "cae",
+    factor: float = 0.5,
+    threshold: float = 100.0,
+    machine_ids: tuple[str, ...] = ("00", "02"),
+    machine_type: str = "slider",
+) -> Path:
+    """Write model.onnx + threshold.json of a constant-factor "autoencoder" into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    params = FeatureParams()
+    n_mels = params.n_mels
+    shape: list[int | str] = ["N", n_mels, FRAMES, 1] if arch == "cae" else ["N", FRAMES * n_mels]
+    model_path = folder / "model.onnx"
+    _scale_graph(model_path, factor=factor, input_shape=shape)
+    bundle = Bundle(
+        name=folder.name,
+        machine_type=machine_type,
+        machine_ids=list(machine_ids),
+        features=Features.from_params(params),
+        patching=Patching(frames=FRAMES, hop=HOP),
+        normalization=Normalization(mean=[-100.0] * n_mels, std=[10.0] * n_mels),
+        model=OnnxModel(
+            sha256=sha256_of(model_path), arch=arch, input_name="input", output_name="output", opset=17
+        ),
+        threshold=Threshold(
+            value=threshold,
+            quantile=0.9,
+            gamma=GammaFit(shape=2.0, loc=0.0, scale=threshold / 4),
+            n_calibration_clips=10,
+            empirical_false_alarm_rate=0.1,
+        ),
+        training=Training(
+            trained_at=datetime(2020, 3, 1, tzinfo=timezone.utc),
+            data_root="synthetic",
+            n_clips=10,
+            n_validation_clips=2,
+            hours=0.03,
+            clips_per_id={mid: 5 for mid in machine_ids},
+            skipped_files=0,
+            epochs_run=1,
+            seed=0,
+        ),
+        versions={},
+    )
+    bundle.write(folder)
+    return folder
+
+
+def with_threshold(folder: Path, value: float) -> None:
+    """Rewrite a detector folder's threshold value (the graph is unchanged)."""
+    bundle = Bundle.read(folder)
+    threshold = bundle.threshold.model_copy(update={"value": value})
+    bundle.model_copy(update={"threshold": threshold}).write(folder)
+
+
+def clip(*, seed: int, anomalous: bool, seconds: float = 2.0, tone_gain: float = 0.3) -> np.ndarray:
+    """Quiet noise; an anomalous clip adds a loud 1 kHz tone. Shape (n,), float32."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    y = 0.02 * rng.standard_normal(n)
+    if anomalous:
+        t = np.arange(n) / SAMPLE_RATE
+        y += tone_gain * np.sin(2 * np.pi * (1000 + 40 * seed) * t)
+    return y.astype(np.float32)
+
+
+def write_test_set(
+    root: Path,
+    *,
+    machine_type: str = "slider",
+    ids: tuple[str, ...] = ("00", "02"),
+    n_normal: int = 4,
+    n_anomaly: int = 3,
+) -> Path:
+    """DCASE layout: ROOT/<machine_type>/test/{normal,anomaly}_id_XX_NNNNNNNN.wav; returns ROOT."""
+    test_dir = root / machine_type / "test"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    for k, mid in enumerate(ids):
+        for i in range(n_normal):
+            y = clip(seed=100 * k + i, anomalous=False)
+            sf.write(test_dir / f"normal_id_{mid}_{i:08d}.wav", y, SAMPLE_RATE)
+        for i in range(n_anomaly):
+            # The weakest tone of each ID is barely louder than the noise, so
+            # not every decision is right and the confusion matrix is mixed.
+            gain = 0.3 if i else 0.004
+            sf.write(
+                test_dir / f"anomaly_id_{mid}_{i:08d}.wav",
+                clip(seed=100 * k + 50 + i, anomalous=True, tone_gain=gain),
+                SAMPLE_RATE,
+            )
+    return root
