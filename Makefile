@@ -1,6 +1,9 @@
 # The whole developer workflow. Each target sets up what it needs on a fresh machine.
 #   make serve   run the service on the default model (HOST, PORT, ASD_* from the environment)
 #   make test    install everything (serving + training + dev tools) and run the tests
+#   make bench   scoring and serving benchmark; writes BENCHMARKS.md (about 10 minutes)
+#   make soak    long loopback load test of a real server (RELIABILITY.md)
+#   make docker-smoke   build the image, run it, score a real clip (needs a Docker engine)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +12,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint install install-dev clean
+.PHONY: serve test bench soak docker-smoke lint install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,15 @@ serve: $(VENV)/.serve-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.run
+
+soak: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.reliability.soak
+
+docker-smoke:
+	scripts/docker-smoke.sh
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/hadolint Dockerfile
