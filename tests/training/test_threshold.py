@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from training import threshold as threshold_module
+from training.threshold import ThresholdError, fit_gamma_threshold, quantile_for
+
+
+def test_threshold_is_near_the_true_gamma_quantile() -> None:
+    rng = np.random.default_rng(0)
+    scores = stats.gamma.rvs(4.0, loc=0.2, scale=0.05, size=4000, random_state=rng)
+    fit = fit_gamma_threshold(scores, quantile=0.9)
+    truth = stats.gamma.ppf(0.9, 4.0, loc=0.2, scale=0.05)
+    assert fit.value == pytest.approx(truth, rel=0.02)
+    assert fit.method_note == "mle"
+    assert fit.empirical_false_alarm_rate == pytest.approx(0.1, abs=0.02)
+    assert fit.empirical_false_alarm_rate == np.mean(scores > fit.value)
+    assert fit.n_clips == 4000 and fit.target_false_alarm_rate == pytest.approx(0.1)
+    assert stats.gamma.ppf(0.9, fit.shape, loc=fit.loc, scale=fit.scale) == pytest.approx(fit.value)
+
+
+def test_false_alarm_rate_sets_the_quantile() -> None:
+    assert quantile_for(None) == 0.9
+    assert quantile_for(0.01) == pytest.approx(0.99)
+    scores = stats.gamma.rvs(3.0, scale=1.0, size=2000, random_state=np.random.default_rng(1))
+    strict = fit_gamma_threshold(scores, quantile=quantile_for(0.01))
+    loose = fit_gamma_threshold(scores, quantile=quantile_for(0.2))
+    assert strict.value > loose.value
+    assert strict.empirical_false_alarm_rate < loose.empirical_false_alarm_rate
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ThresholdError, match="false-alarm rate"):
+            quantile_for(bad)
+
+
+@pytest.mark.parametrize(
+    ("scores", "message"),
+    [
+        ([0.5, 0.6], "at least 3"),
+        ([0.7, 0.7, 0.7, 0.7], "all 4 calibration scores are equal"),
+        ([0.5, np.nan, 0.6, 0.7], "NaN or infinite"),
+        ([0.5, np.inf, 0.6, 0.7], "NaN or infinite"),
+    ],
+)
+def test_degenerate_scores_are_refused(scores: list[float], message: str) -> None:
+    with pytest.raises(ThresholdError, match=message):
+        fit_gamma_threshold(scores)
+
+
+def test_failed_mle_falls_back_to_moments(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_fit(*args: object, **kwargs: object) -> tuple[float, float, float]:
+        return (float("nan"), 0.0, 1.0)
+
+    monkeypatch.setattr(threshold_module.stats.gamma, "fit", broken_fit)
+    scores = np.array([1.0, 1.2, 0.9, 1.1, 1.3, 0.8])
+    fit = fit_gamma_threshold(scores)
+    mean, var = scores.mean(), scores.var(ddof=1)
+    assert fit.method_note.startswith("moments")
+    assert (fit.shape, fit.loc, fit.scale) == pytest.approx((mean**2 / var, 0.0, var / mean))
+    assert np.isfinite(fit.value) and fit.value > mean
+
+
+def test_small_samples_still_give_a_finite_threshold() -> None:
+    fit = fit_gamma_threshold([0.31, 0.35, 0.29])
+    assert np.isfinite(fit.value) and fit.value > 0.29

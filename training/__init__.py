@@ -1,0 +1,20 @@
+"""Training side of the anomalous-sound detector (needs the `train` extra: TensorFlow, tf2onnx, ...).
+
+Modules, one job each:
+
+* `training.dataset`: find WAVs in the DCASE 2020 Task 2 layout or a plain
+  folder, parse machine IDs and labels from names, decode through
+  `service.audio`, log-mel through `service.features`, validation split,
+  per-mel-bin standardisation, patches;
+* `training.model`: the convolutional autoencoder and the DCASE 2020 dense baseline;
+* `training.train`: `run_fit`, the whole fit (features, training, export) and its summary;
+* `training.threshold`: the gamma-quantile decision threshold;
+* `training.export`: ONNX export checked against Keras, calibration through
+  `service.detector.Detector`, `threshold.json`, atomic replacement of the model folder;
+* `training.evaluate`: ROC AUC / pAUC per machine ID and `score_files`;
+* `training.synth`: synthetic DCASE-layout data;
+* `training.cli`: the `asd-train` command (`synth`, `fit`, `evaluate`).
+
+The service never imports this package; this package imports the service's
+audio, feature, bundle and detector code, so both sides share one implementation.
+"""

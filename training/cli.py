@@ -1,0 +1,208 @@
+"""`asd-train`: make synthetic data, fit a detector, evaluate it.
+
+    asd-train synth OUT [--machine-type slider] [--ids 00,02,04,06] [--train N] ...
+    asd-train fit DATA_ROOT --out models/NAME [--machine-type slider] [--ids 00,02] [--arch cae|dense] ...
+    asd-train evaluate MODEL_DIR DATA_ROOT [--out DIR]
+
+A problem the user can fix (missing folder, no clips, bad option, a model
+that does not export faithfully) ends the command with a one-line message
+on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.audio import AudioError, Channel
+from service.detector import DetectorError
+from training.dataset import DatasetError, parse_ids
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def parse_channel(text: str) -> Channel:
+    """`"0"`, `"1"`, ... or `"mean"` (average of all channels)."""
+    if text == "mean":
+        return "mean"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"channel must be a number >= 0 or 'mean', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"channel must be a number >= 0 or 'mean', got {text!r}")
+    return value
+
+
+def _ids(text: str) -> tuple[str, ...] | None:
+    try:
+        return parse_ids(text)
+    except DatasetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asd-train", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write a synthetic data set in the DCASE 2020 Task 2 layout")
+    synth.add_argument("out", type=Path, help="folder to write OUT/<machine_type>/{train,test}/ into")
+    synth.add_argument("--machine-type", default="slider")
+    synth.add_argument("--ids", type=_ids, default=("00", "02", "04", "06"), help="comma-separated, e.g. 00,02")
+    synth.add_argument("--train", type=int, default=300, help="normal training clips per ID")
+    synth.add_argument("--test-normal", type=int, default=100, help="normal test clips per ID")
+    synth.add_argument("--test-anomaly", type=int, default=100, help="anomalous test clips per ID")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--snr-db", type=float, default=6.0, help="machine-to-background level")
+    synth.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
+    synth.set_defaults(handler=_synth)
+
+    fit = sub.add_parser("fit", help="train, calibrate and export a detector")
+    fit.add_argument("data_root", type=Path, help="DCASE root, <root>/<machine_type>, a train folder or WAV folder")
+    fit.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/slider")
+    fit.add_argument("--machine-type", default="slider")
+    fit.add_argument("--ids", type=_ids, default=None, help="comma-separated machine IDs (default: all found)")
+    fit.add_argument("--arch", choices=("cae", "dense"), default="cae")
+    fit.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping may end sooner)")
+    fit.add_argument("--batch-size", type=int, default=None)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--frames", type=int, default=None, help="patch width in frames (cae 32, dense 5)")
+    fit.add_argument("--patch-hop", type=int, default=None, help="frames between patches (cae 32, dense 1)")
+    fit.add_argument("--val-fraction", type=_rate, default=0.1, help="clips per ID held out (at least 1)")
+    fit.add_argument("--false-alarm-rate", type=_rate, default=None, help="target R; threshold quantile 1-R")
+    fit.add_argument("--channel", type=parse_channel, default=0, help="channel index or 'mean' (default 0)")
+    fit.add_argument("--patience", type=int, default=5, help="epochs without val_loss gain before stopping")
+    fit.add_argument("--learning-rate", type=float, default=1e-3)
+    fit.add_argument("--filters", default=None, help="CAE encoder widths, e.g. 16,32,64")
+    fit.add_argument("--bottleneck", type=int, default=None, help="CAE code size (units of the dense bottleneck, default 32)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.set_defaults(handler=_fit)
+
+    evaluate = sub.add_parser("evaluate", help="ROC AUC and pAUC per machine ID on the test clips")
+    evaluate.add_argument("model_dir", type=Path)
+    evaluate.add_argument("data_root", type=Path)
+    evaluate.add_argument("--out", type=Path, default=None, help="folder for report.json")
+    evaluate.add_argument("--channel", type=parse_channel, default=0)
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=_evaluate)
+    return parser
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from training.synth import generate_dataset
+
+    ids = args.ids or ("00",)
+    total = len(ids) * (args.train + args.test_normal + args.test_anomaly)
+    with tqdm(total=total, desc="synth", unit="clip") as bar:
+        try:
+            summary = generate_dataset(
+                args.out,
+                machine_type=args.machine_type,
+                ids=ids,
+                n_train=args.train,
+                n_test_normal=args.test_normal,
+                n_test_anomaly=args.test_anomaly,
+                seed=args.seed,
+                duration=args.duration,
+                snr_db=args.snr_db,
+                progress=lambda done, _total: bar.update(done - bar.n),
+            )
+        except ValueError as error:
+            raise CliError(str(error)) from None
+    print(
+        f"wrote {summary.n_train} train, {summary.n_test_normal} normal test and {summary.n_test_anomaly} "
+        f"anomalous test clips ({summary.seconds / 3600:.2f} h) to {summary.root}"
+    )
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from training.model import CaeConfig, ModelConfigError
+    from training.threshold import ThresholdError
+    from training.train import FitOptions, run_fit
+
+    cae = CaeConfig()
+    if args.filters:
+        try:
+            filters = tuple(int(f) for f in args.filters.split(","))
+        except ValueError:
+            raise CliError(f"--filters takes comma-separated integers, got {args.filters!r}") from None
+        cae = CaeConfig(filters=filters, bottleneck=cae.bottleneck, l2=cae.l2)
+    if args.bottleneck:
+        cae = CaeConfig(filters=cae.filters, bottleneck=args.bottleneck, l2=cae.l2)
+    options = FitOptions(
+        machine_type=args.machine_type,
+        ids=args.ids,
+        arch=args.arch,
+        frames=args.frames,
+        patch_hop=args.patch_hop,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        false_alarm_rate=args.false_alarm_rate,
+        channel=args.channel,
+        learning_rate=args.learning_rate,
+        cae=cae,
+        progress=not args.quiet,
+    )
+    from training.export import ExportError
+
+    command = shlex.join(["asd-train", *args.argv])
+    try:
+        run_fit(args.data_root, args.out, options, command=command)
+    except (ModelConfigError, ThresholdError, ExportError) as error:
+        raise CliError(str(error)) from None
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import EvaluationError, evaluate, format_table, write_report
+
+    try:
+        report = evaluate(args.model_dir, args.data_root, channel=args.channel, progress=not args.quiet)
+    except EvaluationError as error:
+        raise CliError(str(error)) from None
+    print(format_table(report))
+    if args.out is not None:
+        path = write_report(report, args.out)
+        print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the
+    # progress; a user's own setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv  # recorded in threshold.json as the reproducing command
+    try:
+        args.handler(args)
+    except (CliError, DatasetError, DetectorError, AudioError, OSError) as error:
+        print(f"asd-train {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"asd-train {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The two autoencoders: the project's convolutional one and the DCASE 2020 dense baseline.
+
+Both map a standardised log-mel patch to its reconstruction; the anomaly
+score is the reconstruction error (see `service.detector.Detector.score`).
+
+* `build_cae`: input (n_mels, frames, 1). Encoder blocks Conv2D 3x3 (L2 on
+  the kernel) -> ReLU -> MaxPooling2D 2x2; a dense bottleneck of a few
+  units (Flatten -> Dense -> ReLU -> Dense -> ReLU -> Reshape);
+  decoder blocks Conv2D 3x3 -> ReLU -> UpSampling2D 2x2; a linear 3x3
+  Conv2D to one channel. Both n_mels and frames must be divisible by
+  2 ** len(filters), so the decoder restores the input shape exactly.
+* `build_dense`: input (frames * n_mels,), the DCASE 2020 Task 2 baseline:
+  Dense 128 x4 (BatchNorm + ReLU), Dense 8 (BatchNorm + ReLU), Dense 128 x4
+  (BatchNorm + ReLU), linear Dense back to the input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
+INPUT_NAME = "log_mel"
+OUTPUT_NAME = "reconstruction"
+
+
+class ModelConfigError(ValueError):
+    """Architecture options that cannot build a model (e.g. frames not divisible by the pooling)."""
+
+
+@dataclass(frozen=True)
+class CaeConfig:
+    """Hyper-parameters of the convolutional autoencoder (defaults measured in models/README.md)."""
+
+    filters: tuple[int, ...] = (16, 32, 64)
+    bottleneck: int = 32  # units of the dense code
+    l2: float = 1e-4
+
+    @property
+    def pooling(self) -> int:
+        """Total down-sampling factor along each axis: 2 per encoder block."""
+        return 2 ** len(self.filters)
+
+    def check(self, *, n_mels: int, frames: int) -> None:
+        """Raise `ModelConfigError` unless the decoder can restore (n_mels, frames) exactly."""
+        if not self.filters or any(f <= 0 for f in self.filters) or self.bottleneck <= 0:
+            raise ModelConfigError(f"CAE widths must be positive and at least one block, got {self}")
+        if n_mels % self.pooling or frames % self.pooling:
+            raise ModelConfigError(
+                f"n_mels ({n_mels}) and frames ({frames}) must be divisible by the pooling factor "
+                f"{self.pooling} (2 per encoder block, {len(self.filters)} blocks)"
+            )
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """DCASE 2020 Task 2 baseline sizes."""
+
+    hidden: int = 128
+    layers_per_side: int = 4
+    bottleneck: int = 8
+
+
+def build_cae(*, n_mels: int, frames: int, config: CaeConfig = CaeConfig()) -> keras.Model:
+    """Convolutional autoencoder; input and output shape (batch, n_mels, frames, 1)."""
+    # Keras is imported here, not at module level, so that options can be
+    # checked (and data errors reported) without TensorFlow's slow import.
+    import keras
+    from keras import layers, regularizers
+
+    config.check(n_mels=n_mels, frames=frames)
+    reg = regularizers.l2(config.l2) if config.l2 > 0 else None
+    inputs = keras.Input(shape=(n_mels, frames, 1), name=INPUT_NAME)
+    x = inputs
+    for i, width in enumerate(config.filters):
+        x = layers.Conv2D(width, 3, padding="same", kernel_regularizer=reg, name=f"enc{i}_conv")(x)
+        x = layers.ReLU(name=f"enc{i}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"enc{i}_pool")(x)
+    # The bottleneck is what makes this an anomaly detector: the whole patch
+    # must pass through a few numbers, so the network can only reproduce the
+    # regularities of normal sound. A dense layer there also lets every mel
+    # bin inform every other (3x3 convolutions alone see about 20 bins); it
+    # measured +0.05 AUC over a convolutional bottleneck (models/README.md).
+    grid = tuple(int(d) for d in x.shape[1:])
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(config.bottleneck, kernel_regularizer=reg, name="bottleneck")(x)
+    x = layers.ReLU(name="bottleneck_relu")(x)
+    x = layers.Dense(grid[0] * grid[1] * grid[2], kernel_regularizer=reg, name="expand")(x)
+    x = layers.ReLU(name="expand_relu")(x)
+    x = layers.Reshape(grid, name="unflatten")(x)
+    # Convolve before up-sampling, mirroring the encoder: each decoder
+    # convolution then runs at a quarter of the resolution, which measured
+    # 2.5x faster training on 2 CPU cores for the same reconstruction.
+    for i, width in enumerate(reversed(config.filters)):
+        x = layers.Conv2D(width, 3, padding="same", kernel_regularizer=reg, name=f"dec{i}_conv")(x)
+        x = layers.ReLU(name=f"dec{i}_relu")(x)
+        x = layers.UpSampling2D(2, name=f"dec{i}_up")(x)
+    outputs = layers.Conv2D(1, 3, padding="same", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name="cae")
+
+
+def build_dense(*, n_mels: int, frames: int, config: DenseConfig = DenseConfig()) -> keras.Model:
+    """DCASE 2020 baseline autoencoder; input and output shape (batch, frames * n_mels)."""
+    import keras
+    from keras import layers
+    dim = n_mels * frames
+    inputs = keras.Input(shape=(dim,), name=INPUT_NAME)
+    x = inputs
+    widths: Sequence[int] = (
+        [config.hidden] * config.layers_per_side + [config.bottleneck] + [config.hidden] * config.layers_per_side
+    )
+    for i, width in enumerate(widths):
+        x = layers.Dense(width, name=f"dense{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+    outputs = layers.Dense(dim, name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name="dense")
+
+
+def build_model(arch: str, *, n_mels: int, frames: int, cae: CaeConfig = CaeConfig()) -> keras.Model:
+    if arch == "cae":
+        return build_cae(n_mels=n_mels, frames=frames, config=cae)
+    if arch == "dense":
+        return build_dense(n_mels=n_mels, frames=frames)
+    raise ModelConfigError(f"unknown architecture {arch!r}; choose cae or dense")

@@ -1,0 +1,348 @@
+"""`fit`: read the training clips, train an autoencoder, calibrate and export it.
+
+The steps, each timed for the fit summary:
+
+1. features: list the training WAVs (`training.dataset`), decode and
+   featurise them; unreadable or too-short files are skipped and reported;
+2. split whole clips per machine ID into training and validation, fit the
+   per-mel-bin standardisation on the training clips only, cut patches;
+3. training: Adam on the MSE, early stopping on the validation loss with
+   the best weights restored, seeded (`keras.utils.set_random_seed`) with
+   TensorFlow's deterministic ops;
+4. export (`training.export`): ONNX, check against Keras, gamma threshold
+   from the validation clips scored through the deployed `Detector`,
+   `threshold.json`.
+
+TensorFlow is imported only when training starts, so a wrong data folder
+is reported at once rather than after TensorFlow's import.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from tqdm import tqdm
+
+from service.audio import Channel
+from service.bundle import Training
+from service.features import FeatureParams
+from training.dataset import (
+    Arch,
+    DatasetError,
+    FeatureClip,
+    LoadResult,
+    Normalizer,
+    fit_normalizer,
+    list_clips,
+    load_features,
+    patch_array,
+    split_validation,
+)
+from training.export import export_detector
+from training.model import CaeConfig
+from training.threshold import MIN_CALIBRATION_CLIPS, quantile_for
+
+# Per-architecture defaults (measurements behind them are in models/README.md).
+# cae: 32-frame patches (1 s) without overlap and 6 epochs: on 2 CPU cores a
+# CAE trains at roughly 100 patches/s, so one pass over 3.3 h of audio
+# (9,720 patches) is about a minute and a half; overlap or more epochs would
+# break the 10-minute budget for the reference data set.
+# dense: the DCASE 2020 baseline's 5 frames, hop 1, batch 512 (its 100 epochs
+# are cut to 20: the validation loss flattens long before on this data).
+ARCH_DEFAULTS: dict[str, dict[str, int]] = {
+    "cae": {"frames": 32, "patch_hop": 32, "batch_size": 64, "epochs": 6},
+    "dense": {"frames": 5, "patch_hop": 1, "batch_size": 512, "epochs": 20},
+}
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Everything `fit` can be told; None means the architecture's default (`ARCH_DEFAULTS`)."""
+
+    machine_type: str = "slider"
+    ids: tuple[str, ...] | None = None
+    arch: Arch = "cae"
+    frames: int | None = None
+    patch_hop: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.1
+    patience: int = 5
+    false_alarm_rate: float | None = None
+    channel: Channel = 0
+    learning_rate: float = 1e-3
+    cae: CaeConfig = field(default_factory=CaeConfig)
+    features: FeatureParams = field(default_factory=FeatureParams)
+    workers: int = 2
+    progress: bool = True
+
+    def resolved(self) -> FitOptions:
+        """A copy with every None default filled in for `arch`, validated."""
+        if self.arch not in ARCH_DEFAULTS:
+            raise DatasetError(f"unknown architecture {self.arch!r}; choose cae or dense")
+        defaults = ARCH_DEFAULTS[self.arch]
+        done = replace(
+            self,
+            frames=defaults["frames"] if self.frames is None else self.frames,
+            patch_hop=defaults["patch_hop"] if self.patch_hop is None else self.patch_hop,
+            epochs=defaults["epochs"] if self.epochs is None else self.epochs,
+            batch_size=defaults["batch_size"] if self.batch_size is None else self.batch_size,
+        )
+        for name in ("frames", "patch_hop", "epochs", "batch_size"):
+            if getattr(done, name) <= 0:
+                raise DatasetError(f"{name.replace('_', '-')} must be positive, got {getattr(done, name)}")
+        if self.patience < 0:
+            raise DatasetError(f"patience must be >= 0, got {self.patience}")
+        quantile_for(self.false_alarm_rate)  # validates the rate now, not after training
+        if self.arch == "cae":
+            self.cae.check(n_mels=self.features.n_mels, frames=done.frames)
+        return done
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    out: Path
+    arch: str
+    n_files: int
+    n_train: int
+    n_validation: int
+    clips_per_id: dict[str, int]
+    hours: float
+    skipped: list[tuple[str, str]]  # (file name, reason)
+    ignored_anomalies: int
+    epochs_run: int
+    best_epoch: int
+    loss: float
+    val_loss: float
+    seconds: dict[str, float]  # features, training, export, total
+    threshold: float
+    quantile: float
+    empirical_far: float
+    n_calibration: int
+    max_onnx_difference: float
+
+    def lines(self) -> list[str]:
+        ids = " ".join(f"{k}={v}" for k, v in self.clips_per_id.items())
+        s = self.seconds
+        out = [
+            f"fit summary ({self.arch}) -> {self.out}",
+            f"  clips      {self.n_train + self.n_validation} read of {self.n_files} files "
+            f"({self.n_train} train, {self.n_validation} validation); per ID: {ids}",
+            f"  audio      {self.hours:.2f} h",
+            f"  skipped    {len(self.skipped)}",
+        ]
+        out += [f"    {name}: {reason}" for name, reason in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            out.append(f"    ... and {len(self.skipped) - 20} more (listed in threshold.json)")
+        if self.ignored_anomalies:
+            out.append(f"  ignored    {self.ignored_anomalies} files named anomaly_* (not trained on)")
+        out += [
+            f"  epochs     {self.epochs_run} run, best {self.best_epoch}: loss {self.loss:.4f}, "
+            f"val_loss {self.val_loss:.4f}",
+            f"  time       features {s['features']:.1f} s, training {s['training']:.1f} s, "
+            f"export {s['export']:.1f} s, total {s['total']:.1f} s",
+            f"  onnx       max |onnx - keras| = {self.max_onnx_difference:.2e}",
+            f"  threshold  {self.threshold:.6g} (gamma q={self.quantile:.3f} on {self.n_calibration} held-out "
+            f"normal clips); empirical false-alarm rate {self.empirical_far:.3f} "
+            f"(target {1 - self.quantile:.3f})",
+        ]
+        return out
+
+
+def min_seconds_for(options: FitOptions) -> float:
+    """Shortest clip that still gives one patch (`Detector.min_samples`), in seconds."""
+    assert options.frames is not None
+    return (options.frames - 1) * options.features.hop_length / options.features.sample_rate
+
+
+def read_training_clips(data_root: Path, options: FitOptions) -> tuple[LoadResult, int, int]:
+    """Decode and featurise the training WAVs. Returns (result, n_files, n_ignored_anomalies)."""
+    files = list_clips(data_root, machine_type=options.machine_type, split="train", ids=options.ids)
+    # A plain folder may mix in recordings labelled anomalous; learning them as normal would hide them.
+    usable = [f for f in files if f.label != "anomaly"]
+    ignored = len(files) - len(usable)
+    if not usable:
+        raise DatasetError(f"all {len(files)} WAV files under {data_root} are named anomaly_*; nothing to train on")
+    with tqdm(total=len(usable), desc="features", unit="clip", disable=not options.progress) as bar:
+        result = load_features(
+            usable,
+            params=options.features,
+            channel=options.channel,
+            min_seconds=min_seconds_for(options),
+            workers=options.workers,
+            progress=bar.update,
+        )
+    if not result.clips:
+        first = "; ".join(f"{s.path.name}: {s.reason}" for s in result.skipped[:3])
+        raise DatasetError(f"none of the {len(usable)} WAV files could be used ({first})")
+    return result, len(usable), ignored
+
+
+def train_keras(
+    x_train: np.ndarray, x_val: np.ndarray, options: FitOptions
+) -> tuple[object, dict[str, list[float]]]:
+    """Fit the autoencoder on patches in the graph layout; returns (keras.Model, history)."""
+    import keras
+    import tensorflow as tf
+
+    from training.model import build_model
+
+    keras.utils.set_random_seed(options.seed)
+    # Deterministic kernels cost little on CPU and make a seed reproduce a model.
+    tf.config.experimental.enable_op_determinism()
+    n_mels = options.features.n_mels
+    assert options.frames is not None
+    model = build_model(options.arch, n_mels=n_mels, frames=options.frames, cae=options.cae)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=options.learning_rate), loss="mse")
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)
+    verbose = 0 if not options.progress else (1 if sys.stdout.isatty() else 2)
+    history = model.fit(
+        x_train,
+        x_train,
+        validation_data=(x_val, x_val),
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        shuffle=True,
+        callbacks=[stop],
+        verbose=verbose,
+    )
+    return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def run_fit(
+    data_root: Path,
+    out: Path,
+    options: FitOptions,
+    *,
+    command: str | None = None,
+    stream: TextIO | None = None,
+) -> FitSummary:
+    """Train, calibrate and export a detector to `out`; prints progress and the summary to `stream`."""
+    stream = sys.stdout if stream is None else stream
+    options = options.resolved()
+    assert options.frames is not None and options.patch_hop is not None
+    quantile = quantile_for(options.false_alarm_rate)
+    started = time.perf_counter()
+
+    loaded, n_files, ignored = read_training_clips(Path(data_root), options)
+    train_clips, val_clips = split_validation(loaded.clips, fraction=options.val_fraction, seed=options.seed)
+    if len(val_clips) < MIN_CALIBRATION_CLIPS:
+        raise DatasetError(
+            f"only {len(val_clips)} validation clip(s) from {len(loaded.clips)} readable clips; the threshold "
+            f"needs at least {MIN_CALIBRATION_CLIPS}: add clips or raise --val-fraction"
+        )
+    normalizer = fit_normalizer(c.spec for c in train_clips)
+    x_train = _patches(train_clips, normalizer, options)
+    x_val = _patches(val_clips, normalizer, options)
+    features_done = time.perf_counter()
+    print(
+        f"{len(train_clips)} training clips ({len(x_train)} patches), {len(val_clips)} validation clips "
+        f"({len(x_val)} patches), {len(loaded.skipped)} skipped",
+        file=stream,
+        flush=True,
+    )
+
+    model, history = train_keras(x_train, x_val, options)
+    training_done = time.perf_counter()
+    del x_train  # hundreds of MB; the export needs only the validation patches
+
+    val_losses = history.get("val_loss", [float("nan")])
+    best = int(np.nanargmin(val_losses)) if np.isfinite(val_losses).any() else len(val_losses) - 1
+    seconds = {"features": features_done - started, "training": training_done - features_done}
+    ids = sorted(loaded.clips_per_id())
+    training = Training(
+        trained_at=datetime.now(timezone.utc),
+        data_root=str(data_root),
+        n_clips=len(train_clips),
+        n_validation_clips=len(val_clips),
+        hours=loaded.hours,
+        clips_per_id=loaded.clips_per_id(),
+        skipped_files=len(loaded.skipped),
+        epochs_run=len(history.get("loss", [])),
+        seed=options.seed,
+        final_loss=history["loss"][best],
+        final_val_loss=val_losses[best],
+        command=command,
+        arch_options=_arch_options(options),
+        validation_clips_per_id=dict(sorted(Counter(c.file.machine_id for c in val_clips).items())),
+        validation_files=[c.file.path.name for c in val_clips],
+        skipped_names=[s.path.name for s in loaded.skipped],
+        best_epoch=best + 1,
+        loss_history=history.get("loss"),
+        val_loss_history=history.get("val_loss"),
+        seconds={k: round(v, 2) for k, v in seconds.items()},
+    )
+    with tqdm(total=len(val_clips), desc="calibrate", unit="clip", disable=not options.progress) as bar:
+        result = export_detector(
+            model,
+            out=Path(out),
+            arch=options.arch,
+            params=options.features,
+            frames=options.frames,
+            hop=options.patch_hop,
+            normalizer=normalizer,
+            check_inputs=x_val,
+            calibration_paths=[c.file.path for c in val_clips],
+            channel=options.channel,
+            quantile=quantile,
+            machine_type=options.machine_type,
+            machine_ids=ids,
+            training=training,
+            progress=bar.update,
+        )
+    finished = time.perf_counter()
+    seconds.update(export=finished - training_done, total=finished - started)
+    summary = FitSummary(
+        out=Path(out),
+        arch=options.arch,
+        n_files=n_files,
+        n_train=len(train_clips),
+        n_validation=len(val_clips),
+        clips_per_id=loaded.clips_per_id(),
+        hours=loaded.hours,
+        skipped=[(s.path.name, s.reason) for s in loaded.skipped],
+        ignored_anomalies=ignored,
+        epochs_run=training.epochs_run,
+        best_epoch=best + 1,
+        loss=history["loss"][best],
+        val_loss=val_losses[best],
+        seconds=seconds,
+        threshold=result.threshold.value,
+        quantile=quantile,
+        empirical_far=result.threshold.empirical_false_alarm_rate,
+        n_calibration=result.threshold.n_clips,
+        max_onnx_difference=result.max_onnx_difference,
+    )
+    for line in summary.lines():
+        print(line, file=stream)
+    stream.flush()
+    return summary
+
+
+def _patches(clips: list[FeatureClip], normalizer: Normalizer, options: FitOptions) -> np.ndarray:
+    assert options.frames is not None and options.patch_hop is not None
+    return patch_array(
+        [c.spec for c in clips], normalizer=normalizer, frames=options.frames, hop=options.patch_hop, arch=options.arch
+    )
+
+
+def _arch_options(options: FitOptions) -> dict[str, object]:
+    common: dict[str, object] = {
+        "batch_size": options.batch_size,
+        "max_epochs": options.epochs,
+        "patience": options.patience,
+        "learning_rate": options.learning_rate,
+        "val_fraction": options.val_fraction,
+        "channel": options.channel,
+    }
+    if options.arch == "cae":
+        common.update(filters=list(options.cae.filters), bottleneck=options.cae.bottleneck, l2=options.cae.l2)
+    return common
