@@ -1,8 +1,9 @@
-"""`asd-train`: make synthetic data, fit a detector, evaluate it.
+"""`asd-train`: make synthetic data, fit a detector, evaluate it, look at clips.
 
     asd-train synth OUT [--machine-type slider] [--ids 00,02,04,06] [--train N] ...
     asd-train fit DATA_ROOT --out models/NAME [--machine-type slider] [--ids 00,02] [--arch cae|dense] ...
-    asd-train evaluate MODEL_DIR DATA_ROOT [--out DIR]
+    asd-train evaluate MODEL_DIR DATA_ROOT [--out DIR] [--compare OTHER_MODEL_DIR]
+    asd-train explore WAV... [--out DIR] [--model MODEL_DIR]
 
 A problem the user can fix (missing folder, no clips, bad option, a model
 that does not export faithfully) ends the command with a one-line message
@@ -93,13 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
 
-    evaluate = sub.add_parser("evaluate", help="ROC AUC and pAUC per machine ID on the test clips")
-    evaluate.add_argument("model_dir", type=Path)
-    evaluate.add_argument("data_root", type=Path)
-    evaluate.add_argument("--out", type=Path, default=None, help="folder for report.json")
-    evaluate.add_argument("--channel", type=parse_channel, default=0)
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
-    evaluate.set_defaults(handler=_evaluate)
+    from training.explore import add_explore_arguments, run_explore
+    from training.report import add_evaluate_arguments, run_evaluate
+
+    evaluate = sub.add_parser(
+        "evaluate", help="AUC, pAUC, precision, recall, F1 per machine ID; report.json, CSVs, figures"
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    explore = sub.add_parser("explore", help="waveform, PSD, spectrogram, chromagram, mel (and reconstruction)")
+    add_explore_arguments(explore)
+    explore.set_defaults(handler=run_explore)
     return parser
 
 
@@ -172,19 +178,6 @@ def _fit(args: argparse.Namespace) -> None:
         raise CliError(str(error)) from None
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    from training.evaluate import EvaluationError, evaluate, format_table, write_report
-
-    try:
-        report = evaluate(args.model_dir, args.data_root, channel=args.channel, progress=not args.quiet)
-    except EvaluationError as error:
-        raise CliError(str(error)) from None
-    print(format_table(report))
-    if args.out is not None:
-        path = write_report(report, args.out)
-        print(f"wrote {path}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the
     # progress; a user's own setting wins.
@@ -194,14 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # recorded in threshold.json as the reproducing command
     try:
-        args.handler(args)
+        status = args.handler(args)
     except (CliError, DatasetError, DetectorError, AudioError, OSError) as error:
         print(f"asd-train {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"asd-train {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -403,7 +403,7 @@ def run_explore(args: argparse.Namespace) -> int:
                           chroma=not args.no_chroma)
     except ExploreError as error:
         print(f"asd-train explore: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     for path in written:
         print(path)
     return 0

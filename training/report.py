@@ -31,7 +31,7 @@ Files written to the output folder::
     roc.png, score_histograms.png, confusion_matrices.png   both models in each figure
 
 Errors a user can cause derive from `EvaluationError`; `run_evaluate` turns
-them into a message on stderr and exit status 1.
+them into a message on stderr and exit status 2 (as every `asd-train` usage error).
 """
 
 from __future__ import annotations
@@ -499,7 +499,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                 workers=args.workers)
     except EvaluationError as error:
         print(f"asd-train evaluate: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print_table(report)
     print(f"report written to {out}/")
     return 0

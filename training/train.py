@@ -157,6 +157,9 @@ class FitSummary:
         return out
 
 
+TRAINING_CURVES_FILE = "training_curves.png"
+
+
 def min_seconds_for(options: FitOptions) -> float:
     """Shortest clip that still gives one patch (`Detector.min_samples`), in seconds."""
     assert options.frames is not None
@@ -300,6 +303,12 @@ def run_fit(
         )
     finished = time.perf_counter()
     seconds.update(export=finished - training_done, total=finished - started)
+    from training.plots import plot_training_curves
+
+    plot_training_curves(
+        {"loss": history["loss"], "val_loss": val_losses}, Path(out) / TRAINING_CURVES_FILE,
+        title=f"{options.machine_type} {options.arch}: training curves",
+    )
     summary = FitSummary(
         out=Path(out),
         arch=options.arch,

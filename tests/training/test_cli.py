@@ -61,7 +61,7 @@ def test_option_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_evaluate_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails_cleanly(capsys, ["evaluate", str(tmp_path / "model"), str(tmp_path)], "threshold.json")
+    _fails_cleanly(capsys, ["evaluate", str(tmp_path / "model"), str(tmp_path)], "does not exist")
 
 
 def test_synth_writes_the_dcase_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

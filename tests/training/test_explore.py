@@ -131,7 +131,7 @@ def test_run_explore_exit_status(tmp_path, capsys):
     add_explore_arguments(parser)
     args = parser.parse_args([str(tmp_path / "missing.wav"), "--out", str(tmp_path), "--no-chroma"])
     status = run_explore(args)
-    assert status == 1
+    assert status == 2
     assert "asd-train explore: error:" in capsys.readouterr().err
 
     good = tmp_path / "clip.wav"

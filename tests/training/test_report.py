@@ -259,7 +259,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def test_run_evaluate_exit_status_and_messages(setup, tmp_path, capsys):
     status = run_evaluate(_parse([str(setup["cae"]), str(tmp_path / "missing"), "--no-progress"]))
     captured = capsys.readouterr()
-    assert status == 1
+    assert status == 2
     assert "error: data folder" in captured.err and "does not exist" in captured.err
 
     out = tmp_path / "cli"
