@@ -34,7 +34,8 @@ def test_fit_exits_0_and_prints_the_summary(fitted: Fitted) -> None:
 
 def test_bundle_validates_and_matches_the_model(fitted: Fitted, tiny_root: Path) -> None:
     bundle = Bundle.read(fitted.model_dir)
-    assert sorted(p.name for p in fitted.model_dir.iterdir()) == [MODEL_FILE, "threshold.json"]
+    assert sorted(p.name for p in fitted.model_dir.iterdir()) == [MODEL_FILE, "threshold.json", "training_curves.png"]
+    assert (fitted.model_dir / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert bundle.model.sha256 == sha256_of(fitted.model_dir / MODEL_FILE)
     assert (bundle.model.arch, bundle.model.input_name, bundle.model.output_name) == ("cae", "log_mel", "reconstruction")
     assert bundle.model.opset == 17
