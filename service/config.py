@@ -7,6 +7,7 @@ are present.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -22,11 +23,38 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (respects taskset/cgroup affinity where the OS tells)."""
+    """CPU cores this process may use: its CPU affinity (taskset, cpuset) and its cgroup CPU quota.
+
+    A container limited with `docker run --cpus=2` (or compose `cpus: "2"`)
+    on a 16-core host still sees 16 cores in its affinity; threads sized
+    for 16 would spend their time throttled. The quota, rounded up, caps
+    the count.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota - 1e-9)))
+    return cores
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the cgroup may use per period (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for folder in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
 
 
 class Settings(BaseSettings):

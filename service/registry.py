@@ -7,15 +7,26 @@ so the API can show it, and never stops the other folders from loading.
 
 Model names only ever come from the folder names found here; requests look
 names up in this dict and never build a path from user input.
+
+Files changed under a running service: the sessions live in memory, so a
+model keeps serving what was loaded even if its `model.onnx` or
+`threshold.json` is then deleted, corrupted or replaced. `check_files()`
+(run on requests, at most every `check_interval_s`) stats both files of every
+loaded model; when a stat changed it hashes them again, and a model whose
+files no longer match what was loaded becomes `stale` (still serving the
+loaded copy, with the reason), and `ready` again if the same bytes come
+back. A restart loads what is on disk then. Nothing is reloaded in place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -36,7 +47,23 @@ class LoadState(StrEnum):
 
 class ModelStatus(StrEnum):
     READY = "ready"
+    STALE = "stale"  # serving the loaded copy, but its files on disk changed since
     BROKEN = "broken"
+
+
+SERVING = frozenset({ModelStatus.READY, ModelStatus.STALE})
+
+# (size, mtime_ns, inode, device) of a file, or None when it cannot be stat'ed.
+Stamp = tuple[int, int, int, int] | None
+
+
+@dataclass(frozen=True)
+class LoadedFiles:
+    """What a loaded model's files were: digests at load, stamps when last looked at."""
+
+    paths: tuple[Path, ...]
+    digests: tuple[str, ...]
+    stamps: tuple[Stamp, ...]
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,11 @@ class ModelEntry:
     bundle: Bundle | None = None
     error: str | None = None
     load_ms: float = 0.0
+    files: LoadedFiles | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self.status in SERVING and self.detector is not None
 
 
 def valid_name(name: str) -> bool:
@@ -56,12 +88,17 @@ def valid_name(name: str) -> bool:
 class Registry:
     """Loaded and broken models by name; `load()` runs once, in the app's lifespan."""
 
-    def __init__(self, models_dir: Path, *, intra_op_threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, *, intra_op_threads: int = 1, check_interval_s: float = 2.0) -> None:
         self.models_dir = Path(models_dir)
         self.intra_op_threads = intra_op_threads
         self.state = LoadState.LOADING
         self.models: dict[str, ModelEntry] = {}
+        # Why the models folder itself could not be used (missing, unreadable), for /ready.
+        self.problem: str | None = None
+        self.check_interval_s = check_interval_s
         self._loaded = threading.Event()
+        self._check_lock = threading.Lock()
+        self._last_check = time.monotonic()
 
     @property
     def loaded(self) -> bool:
@@ -76,6 +113,13 @@ class Registry:
 
     def broken_names(self) -> list[str]:
         return sorted(n for n, e in self.models.items() if e.status is ModelStatus.BROKEN)
+
+    def stale_names(self) -> list[str]:
+        return sorted(n for n, e in self.models.items() if e.status is ModelStatus.STALE)
+
+    def serving_names(self) -> list[str]:
+        """Models that answer scoring requests: ready and stale ones."""
+        return sorted(n for n, e in self.models.items() if e.serving)
 
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(name) if valid_name(name) else None
@@ -103,26 +147,56 @@ class Registry:
         )
 
     def _candidates(self) -> list[Path]:
-        if not self.models_dir.is_dir():
-            logger.error("models folder does not exist", extra={"models_dir": str(self.models_dir)})
-            return []
+        try:
+            if not self.models_dir.exists():
+                return self._folder_problem("the models folder does not exist")
+            if not self.models_dir.is_dir():
+                return self._folder_problem("the models folder is not a folder")
+            entries = sorted(self.models_dir.iterdir())
+        except OSError as error:  # e.g. PermissionError: the folder cannot be listed
+            return self._folder_problem(f"the models folder cannot be read ({_os_reason(error)})")
         found = []
-        for folder in sorted(self.models_dir.iterdir()):
-            if not folder.is_dir() or folder.name.startswith("."):
+        for folder in entries:
+            if folder.name.startswith("."):
                 continue
-            if not ((folder / THRESHOLD_FILE).exists() or (folder / MODEL_FILE).exists()):
-                continue  # not a detector folder (e.g. reports/): nothing to say about it
+            try:
+                if not folder.is_dir():
+                    continue
+                # exists() raises (rather than answering False) for a folder that cannot be read.
+                if not ((folder / THRESHOLD_FILE).exists() or (folder / MODEL_FILE).exists()):
+                    continue  # not a detector folder (e.g. reports/): nothing to say about it
+            except OSError:
+                pass  # unreadable: maybe a model; _load_one reports it as broken with the reason
             if not valid_name(folder.name):
                 logger.warning("skipping model folder with an unusable name", extra={"folder": str(folder)})
                 continue
             found.append(folder)
+        if not found:
+            # Not an error for the folder itself, but /ready should say why nothing serves.
+            self.problem = "the models folder holds no model folder (model.onnx + threshold.json)"
+            logger.error("no model folder found", extra={"models_dir": str(self.models_dir)})
         return found
+
+    def _folder_problem(self, reason: str) -> list[Path]:
+        self.problem = reason
+        logger.error(
+            "models folder unusable: no model will serve",
+            extra={"models_dir": str(self.models_dir), "reason": reason},
+        )
+        return []
 
     def _load_one(self, folder: Path) -> ModelEntry:
         started = time.perf_counter()
         try:
+            # Stamped before loading: a change during the load shows at the first check.
+            paths = _model_files(folder)
+            stamps = tuple(_stamp(p) for p in paths)
             detector = Detector(folder, intra_op_threads=self.intra_op_threads)
             _smoke_test(detector)
+            if _model_files(folder, detector.bundle) != paths:
+                paths = _model_files(folder, detector.bundle)
+                stamps = tuple(_stamp(p) for p in paths)
+            files = LoadedFiles(paths, tuple(_digest(p) for p in paths), stamps)
         # Any failure, also one nobody foresaw (a permission error, an onnxruntime
         # error on the first run), must only take down this one model.
         except Exception as error:  # noqa: BLE001
@@ -143,7 +217,103 @@ class Registry:
                 "duration_ms": round(load_ms, 1),
             },
         )
-        return ModelEntry(folder.name, ModelStatus.READY, detector, detector.bundle, None, load_ms)
+        return ModelEntry(folder.name, ModelStatus.READY, detector, detector.bundle, None, load_ms, files)
+
+    # --- files changed under the running service ---------------------------------------------
+
+    def check_due(self) -> bool:
+        """Whether `check_files()` would look now (cheap; callers skip the thread hop when not)."""
+        return self.loaded and time.monotonic() - self._last_check >= self.check_interval_s
+
+    def check_files(self, *, force: bool = False) -> list[str]:
+        """Compare every loaded model's files with what was loaded; returns the names that changed status.
+
+        Blocking (it may hash files): run it in a thread. At most one check runs
+        at a time; a caller arriving during one returns at once.
+        """
+        if not self.loaded or not (force or self.check_due()):
+            return []
+        if not self._check_lock.acquire(blocking=False):
+            return []
+        try:
+            changed = []
+            for name, entry in list(self.models.items()):
+                updated = _recheck(entry)
+                if updated is not entry:
+                    self.models[name] = updated  # one key, one assignment: readers see old or new
+                    if updated.status is not entry.status:
+                        changed.append(name)
+                        _log_transition(updated, self.models_dir)
+            return changed
+        finally:
+            self._last_check = time.monotonic()
+            self._check_lock.release()
+
+
+def _model_files(folder: Path, bundle: Bundle | None = None) -> tuple[Path, ...]:
+    return (folder / THRESHOLD_FILE, folder / (bundle.model.file if bundle else MODEL_FILE))
+
+
+def _stamp(path: Path) -> Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recheck(entry: ModelEntry) -> ModelEntry:
+    files = entry.files
+    if files is None or not entry.serving:
+        return entry  # broken models are not re-examined; a restart does that
+    stamps = tuple(_stamp(p) for p in files.paths)
+    if stamps == files.stamps:
+        return entry
+    # A stat changed (or a file vanished): compare the contents with what was loaded.
+    problems = []
+    for path, loaded, stamp in zip(files.paths, files.digests, stamps, strict=True):
+        if stamp is None:
+            problems.append(f"{path.name} was deleted or cannot be found")
+            continue
+        try:
+            now = _digest(path)
+        except OSError as error:
+            problems.append(f"{path.name} cannot be read ({_os_reason(error)})")
+            continue
+        if now != loaded:
+            problems.append(f"{path.name} changed (sha256 {now[:12]}..., loaded {loaded[:12]}...)")
+    refreshed = replace(files, stamps=stamps)
+    if not problems:
+        return replace(entry, status=ModelStatus.READY, error=None, files=refreshed)
+    reason = "; ".join(problems) + _STALE_SUFFIX
+    return replace(entry, status=ModelStatus.STALE, error=reason, files=refreshed)
+
+
+_STALE_SUFFIX = (
+    " since this model was loaded; the loaded copy keeps serving, a restart would load the files on disk"
+)
+
+
+def _log_transition(entry: ModelEntry, models_dir: Path) -> None:
+    if entry.status is ModelStatus.STALE:
+        logger.error(
+            "model files changed on disk",
+            extra={"model": entry.name, "models_dir": str(models_dir), "error": entry.error},
+        )
+    else:
+        logger.warning("model files on disk match the loaded model again", extra={"model": entry.name})
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
 
 
 def _smoke_test(detector: Detector) -> None:

@@ -69,9 +69,16 @@ class Readiness(BaseModel):
         description="`ready` once loading finished and at least one model serves."
     )
     models_ready: list[str]
+    models_stale: list[str] = Field(
+        default_factory=list,
+        description="Serving the copy loaded at start, but their files changed on disk since (/v1/models).",
+    )
     models_broken: list[str]
     default_model: str
-    default_model_ready: bool
+    default_model_ready: bool = Field(description="Whether the default model serves (ready or stale).")
+    log_errors: int = Field(
+        0, description="Log lines this worker could not write (e.g. disk full); it keeps serving."
+    )
 
 
 class PatchingInfo(Patching):
@@ -108,8 +115,15 @@ class ModelInfo(BaseModel):
     )
 
     name: str
-    status: Literal["ready", "broken"]
-    error: str | None = Field(None, description="Why a broken model could not be loaded.")
+    status: Literal["ready", "stale", "broken"] = Field(
+        description=(
+            "`ready` serves; `stale` serves the copy loaded at start but its files on disk changed "
+            "or vanished since (a restart would load what is there now); `broken` failed to load."
+        )
+    )
+    error: str | None = Field(
+        None, description="Why a broken model could not be loaded, or what changed on disk for a stale one."
+    )
     default: bool = Field(description="Whether POST /v1/score uses this model.")
     machine_type: str | None = None
     machine_ids: list[str] | None = None

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from service.audio import Channel, read_audio
+from service.audio import Channel, InvalidAudio, read_audio
 from service.detector import Detector, Score
 from service.schemas import ClipInfo, ScoreResult, Segment
 
@@ -38,6 +38,10 @@ def score_upload(
         max_seconds=max_seconds,
     )
     scored = detector.score(clip.samples)
+    if not np.isfinite(scored.patch_errors).all():
+        # Finite float samples far beyond full scale (e.g. 1e30) overflow the float32
+        # spectrogram; NaN would answer score null and decision "normal".
+        raise InvalidAudio("the audio gives no finite anomaly score: samples far beyond full scale?")
     threshold = detector.threshold
     hop_seconds = detector.hop * detector.params.hop_length / rate
     segments = group_segments(

@@ -7,15 +7,21 @@ and a body without one (chunked) is counted while it streams and cut off at
 the limit. Multipart files are spooled to disk by Starlette past 1 MB, and a
 raw body is read here into one buffer that can never pass the limit, so
 memory per request stays bounded.
+
+It also bounds time: uvicorn waits for a request body forever, so a body
+during which no byte arrives for `body_idle_timeout_s` (60 s, nginx's
+`client_body_timeout`) is answered 408 and the connection closed. A slow but
+moving upload is never cut.
 """
 
 from __future__ import annotations
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import PayloadTooLarge, error_response
+from service.api.errors import BodyTimeout, PayloadTooLarge, error_response
 
 # What a raw (non-multipart) body may be labelled; libsndfile sniffs the
 # actual format from the bytes, so the label only has to say "audio".
@@ -55,9 +61,13 @@ async def read_body(request: Request, limit: int) -> bytearray:
 class BodySizeLimitMiddleware:
     """Answer 413 for any request whose body is, or turns out to be, over `limit` bytes."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    body_idle_timeout_s: float = 60.0
+
+    def __init__(self, app: ASGIApp, limit: int, body_idle_timeout_s: float | None = None) -> None:
         self.app = app
         self.limit = limit
+        if body_idle_timeout_s is not None:
+            self.body_idle_timeout_s = body_idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,14 +86,23 @@ class BodySizeLimitMiddleware:
 
         received = 0
         response_started = False
+        body_complete = False
+        idle = self.body_idle_timeout_s
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:
+                return await receive()  # after the body: only a disconnect can come; no deadline
+            try:
+                with anyio.fail_after(idle):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(idle) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise PayloadTooLarge(self.limit)
+                body_complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -95,13 +114,23 @@ class BodySizeLimitMiddleware:
         try:
             await self.app(scope, counting_receive, tracking_send)
         except Exception as error:
-            # Normally FastAPI turns PayloadTooLarge into a 413 through the error
-            # handlers; this catches it when raised outside them (or in a group).
-            if response_started or not _is_too_large(error):
+            # Normally FastAPI turns these into a 413/408 through the error
+            # handlers; this catches them when raised outside them (or in a group).
+            if response_started:
                 raise
-            await error_response(
-                413, "payload_too_large", f"the request body is larger than the {self.limit} byte limit"
-            )(scope, receive, send)
+            if _is_a(error, PayloadTooLarge):
+                await error_response(
+                    413, "payload_too_large", f"the request body is larger than the {self.limit} byte limit"
+                )(scope, receive, send)
+            elif _is_a(error, BodyTimeout):
+                await error_response(
+                    408,
+                    "request_timeout",
+                    f"the request body stalled: nothing arrived for {idle:g} s",
+                    headers={"Connection": "close"},
+                )(scope, receive, send)
+            else:
+                raise
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -114,9 +143,9 @@ def _content_length(scope: Scope) -> int | None:
         return None
 
 
-def _is_too_large(error: BaseException) -> bool:
-    if isinstance(error, PayloadTooLarge):
+def _is_a(error: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(error, kind):
         return True
     if isinstance(error, BaseExceptionGroup):
-        return any(_is_too_large(inner) for inner in error.exceptions)
+        return any(_is_a(inner, kind) for inner in error.exceptions)
     return False

@@ -18,7 +18,7 @@ from service.api.errors import ApiError
 from service.audio import Channel
 from service.config import Settings
 from service.metrics import ServiceMetrics
-from service.registry import ModelEntry, ModelStatus, Registry
+from service.registry import ModelEntry, Registry
 
 # auto_error=False: a missing key is our 401 in our error shape, and only when a key is set.
 _api_key_header = APIKeyHeader(
@@ -73,7 +73,27 @@ async def require_api_key(
         )
 
 
-async def ready_registry(registry: RegistryDep) -> Registry:
+async def checked_registry(registry: RegistryDep, metrics: MetricsDep) -> Registry:
+    """The registry, after a look at its models' files when one is due (see `Registry.check_files`)."""
+    if registry.check_due():
+        # stat() is cheap, but a changed file is hashed again: not on the event loop.
+        await anyio.to_thread.run_sync(registry.check_files)
+        # Every time, not only on a change: the gauges then also heal from any race
+        # with the ones set once after loading (service.main._load_models).
+        count_models(registry, metrics)
+    return registry
+
+
+def count_models(registry: Registry, metrics: ServiceMetrics) -> None:
+    metrics.models.labels("ready").set(len(registry.ready_names()))
+    metrics.models.labels("stale").set(len(registry.stale_names()))
+    metrics.models.labels("broken").set(len(registry.broken_names()))
+
+
+CheckedRegistryDep = Annotated[Registry, Depends(checked_registry)]
+
+
+async def ready_registry(registry: CheckedRegistryDep) -> Registry:
     if not registry.loaded:
         raise ApiError(
             503, "not_ready", "models are still loading; retry shortly", headers={"Retry-After": "2"}
@@ -106,7 +126,8 @@ async def get_model(name: ModelName, registry: ReadyRegistryDep) -> ModelEntry:
 
 
 def usable(entry: ModelEntry) -> ModelEntry:
-    if entry.status is not ModelStatus.READY or entry.detector is None:
+    """The entry if it serves: ready, or stale (its files changed on disk, the loaded copy still serves)."""
+    if not entry.serving:
         raise ApiError(503, "model_broken", f"model {entry.name!r} failed to load: {entry.error}")
     return entry
 

@@ -28,6 +28,7 @@ _STATUS_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -59,6 +60,22 @@ class PayloadTooLarge(StarletteHTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body is larger than the {limit} byte limit")
         self.limit = limit
+
+
+class BodyTimeout(StarletteHTTPException):
+    """Raised from the body-reading `receive` when the client sent no body byte for too long.
+
+    uvicorn has no timeout on a request body: without this, a client that
+    stops sending mid-upload would hold its request (and what it sent) forever.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"the request body stalled: nothing arrived for {seconds:g} s",
+            headers={"Connection": "close"},
+        )
+        self.seconds = seconds
 
 
 def audio_error(error: AudioError | ClipTooShort) -> ApiError:
@@ -135,11 +152,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the given error statuses, all with the error schema."""
+    """OpenAPI `responses=` entries for the given error statuses, all with the error schema.
+
+    An operation that takes a body (declares 413) can also answer 408: both come
+    from the body limit middleware (service.uploads), whatever the route does.
+    """
+    if 413 in statuses and 408 not in statuses:
+        statuses = (*statuses, 408)
     descriptions = {
         400: "Undecodable, empty or invalid audio (NaN samples, too many channels).",
         401: "Missing or wrong API key (only when the service has one).",
         404: "No such model.",
+        408: "The request body stalled (no byte for a minute); the connection is closed.",
         413: "The request body is larger than the upload limit.",
         415: "A Content-Type the endpoint cannot take.",
         422: "Invalid parameters, a clip too short for one patch or longer than the limit, no such channel.",

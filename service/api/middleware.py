@@ -13,10 +13,11 @@ import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import REQUEST_ID_HEADER, error_response
-from service.logs import request_id_var
+from service.logs import redact, request_id_var
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger("service.access")
@@ -25,6 +26,10 @@ error_logger = logging.getLogger("service.errors")
 # A client's own id is kept if it is a plain token; anything else (too long,
 # spaces, control characters that could forge log lines) is replaced.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+# nginx's code for "the client closed the connection before the answer": not a
+# server fault, and nobody is left to receive a response. Only logs and metrics show it.
+CLIENT_CLOSED = 499
 
 
 class RequestContextMiddleware:
@@ -36,6 +41,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        _redact_api_key(scope)
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER.lower(), "")
         request_id = incoming if _CLIENT_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
@@ -58,37 +64,69 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            # Anything that escaped the handlers is a bug; the client still gets
-            # the error shape (never a stack trace) and the log gets the trace.
-            error_logger.exception(
-                "unhandled error", extra={"method": scope["method"], "path": scope["path"]}
-            )
-            status = 500
-            if not response_started:
-                await error_response(
-                    500, "internal_error", f"internal error; quote request id {request_id} when reporting it"
-                )(scope, receive, send)
+        except Exception as error:
+            if _client_went_away(error) and not response_started:
+                # The client hung up mid-upload: its problem, not a 500 (nor a trace in the log).
+                status = CLIENT_CLOSED
+                state["error_code"] = "client_closed_request"
+            else:
+                # Anything else that escaped the handlers is a bug; the client still gets
+                # the error shape (never a stack trace) and the log gets the trace.
+                error_logger.exception(
+                    "unhandled error", extra={"method": scope["method"], "path": scope["path"]}
+                )
+                status = 500
+                if not response_started:
+                    await error_response(
+                        500,
+                        "internal_error",
+                        f"internal error; quote request id {request_id} when reporting it",
+                    )(scope, receive, send)
         finally:
-            duration = time.perf_counter() - started
-            route = _route_template(scope)
+            try:
+                self._record(scope, state, request_id, status, time.perf_counter() - started)
+            finally:
+                request_id_var.reset(token)
+
+    def _record(self, scope: Scope, state: dict, request_id: str, status: int, duration: float) -> None:
+        """Metrics and the request log line; never lets a failure of either reach the request."""
+        route = _route_template(scope)
+        try:
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(scope["method"], route).observe(duration)
-            fields = {
-                "request_id": request_id,
-                "method": scope["method"],
-                "path": scope["path"],
-                "route": route,
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-            }
-            for key in ("model", "decision", "error_code"):
-                if state.get(key) is not None:
-                    fields[key] = state[key]
-            # 503 is a state (loading, broken model), not a fault of the service.
-            level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
-            logger.log(level, "request", extra=fields)
-            request_id_var.reset(token)
+        except Exception:
+            error_logger.warning("metrics could not be recorded", exc_info=True)
+        fields = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(duration * 1000, 2),
+        }
+        for key in ("model", "decision", "error_code"):
+            if state.get(key) is not None:
+                fields[key] = state[key]
+        # 503 is a state (loading, broken model), not a fault of the service.
+        level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
+        # Logging never raises to the caller (service.logs.SafeStreamHandler counts failures).
+        logger.log(level, "request", extra=fields)
+
+
+def _redact_api_key(scope: Scope) -> None:
+    # The key must not reach the logs even if a client sends it as a path or a request id.
+    settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+    key = getattr(settings, "api_key", None)
+    if key is not None:
+        redact(key.get_secret_value())
+
+
+def _client_went_away(error: BaseException) -> bool:
+    if isinstance(error, ClientDisconnect):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return all(_client_went_away(inner) for inner in error.exceptions)
+    return False
 
 
 def _route_template(scope: Scope) -> str:

@@ -1,0 +1,1 @@
+"""Reliability and security: fuzzing, load, faults, auth, secrets (see RELIABILITY.md)."""
