@@ -1,7 +1,7 @@
 # The whole developer workflow. Each target sets up what it needs on a fresh machine.
 #   make serve   run the service on the default model (HOST, PORT, ASD_* from the environment)
 #   make test    install everything (serving + training + dev tools) and run the tests
-#   make bench   scoring and serving benchmark; writes BENCHMARKS.md (about 10 minutes)
+#   make bench   scoring and serving benchmark; writes BENCHMARKS.md (2-5 minutes)
 #   make soak    long loopback load test of a real server (RELIABILITY.md)
 #   make docker-smoke   build the image, run it, score a real clip (needs a Docker engine)
 
@@ -37,7 +37,7 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # 10,000 requests against a real asd-serve on 127.0.0.1 (about 3 minutes); see RELIABILITY.md.
 soak: $(VENV)/.dev-installed

@@ -83,10 +83,16 @@ class Detector:
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise DetectorError(f"{self.folder}: onnxruntime cannot load {model_path.name}: {error}") from None
         self.params = self.bundle.features.params()
-        # A bundle carries its filter bank; older bundles without one fall back
-        # to computing it (in numpy: serving never imports librosa).
+        # A bundle carries its filter bank, so serving needs no librosa; a bundle
+        # without one can only be served where librosa (the train extra) is installed.
         packed = self.bundle.features.mel_basis()
-        self._mel_basis = packed if packed is not None else mel_filterbank(self.params)
+        try:
+            self._mel_basis = packed if packed is not None else mel_filterbank(self.params)
+        except ImportError:
+            raise DetectorError(
+                f"{self.folder}: threshold.json has no packed mel filter bank and librosa is not "
+                "installed; re-export the model with a current `asd-train fit`"
+            ) from None
         # The filter bank's non-zero runs, found once per model rather than per clip.
         self._mel = mel_projection(self._mel_basis)
         self.frames = self.bundle.patching.frames

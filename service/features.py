@@ -3,11 +3,9 @@
 The recipe is librosa's (`librosa.feature.melspectrogram` followed by
 `librosa.power_to_db` without dynamic-range clipping), re-done with a numpy
 STFT so that the service never triggers numba compilation on its start-up
-path. The mel filter bank is librosa's (`librosa.filters.mel`, Slaney scale
-and norm), re-done in numpy by `mel_filterbank` to the last bit; training
+path. The mel filter bank is librosa's (`librosa.filters.mel`); training
 packs it into the exported model (`pack_filters`), so the service rebuilds
-it from the bundle (`unpack_filters`). The service imports neither librosa
-nor scipy, not even for a bundle without packed filters.
+it from the bundle (`unpack_filters`) and imports neither librosa nor scipy.
 
 Where the time went (10 s at 16 kHz, 313 frames; bench/ measures it):
 
@@ -78,52 +76,22 @@ class FeatureParams:
 def mel_filterbank(params: FeatureParams) -> np.ndarray:
     """librosa's mel filter bank, shape (n_mels, 1 + n_fft // 2), float32, read-only.
 
-    `librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...,
-    dtype=np.float32)` (Slaney scale and norm) step for step in numpy: the
-    same array to the last bit (tests/bench/test_equivalence.py compares
-    them over a grid of parameters), without librosa's import of scipy and
-    numba (seconds) on the service's start-up path.
+    Training and tests call it; the service reads the bank packed into each
+    model's `threshold.json` instead, so it never imports librosa (whose
+    import of scipy takes seconds).
     """
-    n_mels = int(params.n_mels)
-    fmax = float(params.sample_rate) / 2 if params.fmax is None else params.fmax
-    weights = np.zeros((n_mels, int(1 + params.n_fft // 2)), dtype=np.float32)
-    fft_freqs = np.fft.rfftfreq(n=params.n_fft, d=1.0 / params.sample_rate)
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(params.fmin), _hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = np.subtract.outer(mel_f, fft_freqs)
-    for i in range(n_mels):
-        lower = -ramps[i] / fdiff[i]
-        upper = ramps[i + 2] / fdiff[i + 1]
-        weights[i] = np.maximum(0, np.minimum(lower, upper))
-    # Slaney normalisation: about the same energy per band.
-    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
-    weights *= enorm[:, np.newaxis]
-    weights.setflags(write=False)
-    return weights
+    import librosa.filters
 
-
-# The Slaney mel scale (librosa's htk=False): linear below 1 kHz, logarithmic above.
-_F_SP = 200.0 / 3
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
-_LOGSTEP = np.log(6.4) / 27.0
-
-
-def _hz_to_mel(frequency: float) -> np.floating:
-    """`librosa.hz_to_mel(frequency)` of one frequency, with librosa's float64 arithmetic."""
-    f = np.asanyarray(frequency)
-    mel = f / _F_SP
-    if f >= _MIN_LOG_HZ:
-        mel = _MIN_LOG_MEL + np.log(f / _MIN_LOG_HZ) / _LOGSTEP
-    return mel
-
-
-def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
-    """`librosa.mel_to_hz(mels)` of a float64 array."""
-    freqs = _F_SP * mels
-    log_t = mels >= _MIN_LOG_MEL
-    freqs[log_t] = _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels[log_t] - _MIN_LOG_MEL))
-    return freqs
+    basis = librosa.filters.mel(
+        sr=params.sample_rate,
+        n_fft=params.n_fft,
+        n_mels=params.n_mels,
+        fmin=params.fmin,
+        fmax=params.fmax,
+        dtype=np.float32,
+    )
+    basis.setflags(write=False)
+    return basis
 
 
 @functools.lru_cache(maxsize=16)

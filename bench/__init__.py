@@ -1,0 +1,11 @@
+"""Benchmarks of scoring and serving: `python -m bench.run` (what `make bench` runs).
+
+* `bench.machine`   what the numbers were measured on (CPU, cores, RAM, versions, load);
+* `bench.detector`  the clips (synthetic slider clips and the real recordings) and a
+                    small detector trained on the spot, kept as Keras model and ONNX export;
+* `bench.inprocess` our pipeline per clip (decode, features, inference, total) against the
+                    naive one (librosa + Keras `model.predict`) on the same model and clips;
+* `bench.load`      `asd-serve` in a subprocess on loopback: cold start, throughput and
+                    latency under concurrent load (httpx + asyncio), resident memory;
+* `bench.report`    the table printed and written to BENCHMARKS.md.
+"""

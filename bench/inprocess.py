@@ -1,0 +1,279 @@
+"""One process, one clip at a time: our scoring path against the naive one.
+
+Ours is what the service runs per request (`service.scoring.score_upload`:
+`read_audio` -> `Detector.features` -> `Detector.model_inputs` ->
+onnxruntime -> per-patch errors -> segments). Each clip is scored twice:
+once taken apart to time the stages (decode = `read_audio`, features =
+log-mel + standardisation + patch cutting, inference =
+`Detector.reconstruct`), once whole (`score_upload`, which also computes the
+errors, segments and the answer) for the total.
+
+`measure_both` (what `bench.run` uses) runs the two pipelines clip by clip,
+interleaved, so that a drifting machine load falls on both alike.
+
+The naive pipeline is what a user would write with the usual libraries on
+the same model: `librosa.load` -> `librosa.feature.melspectrogram` ->
+`librosa.power_to_db` -> standardise -> patches -> Keras `model.predict`.
+It is timed in one pass, stage by stage. librosa compiles numba code and
+Keras traces its predict function on first use; a warm-up on a few clips
+pays that before timing, and its duration is reported on its own.
+
+Every time is taken twice: wall clock (`perf_counter`, what a caller waits)
+and process CPU time (`process_time`, all threads of this process), which
+moves far less than the wall clock when other jobs share the machine.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.detector import Clip
+
+STAGES = ("decode", "features", "inference", "total")
+
+
+@dataclass
+class Timings:
+    """Per-clip times in ms, wall clock and CPU, for each stage."""
+
+    wall: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+
+    def add(self, stage: str, wall_s: float, cpu_s: float) -> None:
+        self.wall[stage].append(wall_s * 1000)
+        self.cpu[stage].append(cpu_s * 1000)
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    timings: Timings
+    scores: list[float]
+    clip_seconds: float  # audio seconds scored per pass
+    warmup_s: float = 0.0  # first calls (compilation, tracing, first-run allocations)
+
+    @property
+    def n_clips(self) -> int:
+        return len(self.scores)
+
+    def median(self, stage: str, *, cpu: bool = False) -> float:
+        values = (self.timings.cpu if cpu else self.timings.wall)[stage]
+        return float(np.median(values)) if values else float("nan")
+
+    def p95(self, stage: str, *, cpu: bool = False) -> float:
+        values = (self.timings.cpu if cpu else self.timings.wall)[stage]
+        return float(np.percentile(values, 95)) if values else float("nan")
+
+    @property
+    def clips_per_second(self) -> float:
+        """Sequential throughput of one process: clips / summed total wall time."""
+        total_s = sum(self.timings.wall["total"]) / 1000
+        return self.n_clips / total_s if total_s > 0 else float("nan")
+
+    @property
+    def real_time_factor(self) -> float:
+        """Audio seconds scored per wall second (median clip)."""
+        per_clip = self.clip_seconds / max(1, self.n_clips)
+        return per_clip / (self.median("total") / 1000)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        spent = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return spent
+
+
+def ours_staged(detector, clip: Clip, timings: Timings) -> None:
+    """Decode, features (log-mel, standardisation, patches) and inference of one clip, each timed."""
+    from service.audio import read_audio
+
+    rate = detector.params.sample_rate
+    clock = _Clock()
+    decoded = read_audio(clip.data, sample_rate=rate, channel=0, min_seconds=detector.min_samples / rate)
+    timings.add("decode", *clock.lap())
+    batch, _ = detector.model_inputs(detector.features(decoded.samples))
+    timings.add("features", *clock.lap())
+    detector.reconstruct(batch)
+    timings.add("inference", *clock.lap())
+
+
+def ours_total(detector, clip: Clip, timings: Timings, *, model_name: str = "slider") -> float:
+    """The whole request's work (`score_upload`), timed; returns the score."""
+    from service.scoring import score_upload
+
+    clock = _Clock()
+    result = score_upload(model_name, detector, clip.data)
+    timings.add("total", *clock.lap())
+    return result.score
+
+
+def measure_ours(detector, clips: Sequence[Clip], *, model_name: str = "slider", warmup: int = 3) -> PipelineResult:
+    """Our pipeline on each clip: a staged pass, then `score_upload` end to end."""
+    started = time.perf_counter()
+    for clip in clips[:warmup]:
+        ours_total(detector, clip, Timings(), model_name=model_name)
+    warmup_s = time.perf_counter() - started
+    timings = Timings()
+    for clip in clips:
+        ours_staged(detector, clip, timings)
+    scores = [ours_total(detector, clip, timings, model_name=model_name) for clip in clips]
+    return PipelineResult(
+        name="ours", timings=timings, scores=scores, clip_seconds=sum(c.seconds for c in clips), warmup_s=warmup_s
+    )
+
+
+def measure_both(
+    detector,
+    recipe: NaiveRecipe,
+    predict: Callable[[np.ndarray], np.ndarray],
+    clips: Sequence[Clip],
+    *,
+    model_name: str = "slider",
+    warmup: int = 3,
+    other_detector=None,
+) -> tuple[PipelineResult, PipelineResult, PipelineResult | None]:
+    """Ours and the naive pipeline clip by clip, interleaved, so that both see the same machine.
+
+    On a shared machine the load drifts over a run; timing all of one
+    pipeline and then all of the other would put the drift into their ratio.
+    `other_detector` (the same model with other session settings) gets its
+    own whole `score_upload` of each clip too; its result is the third.
+    """
+    warm = []
+    for run in (
+        lambda clip: ours_total(detector, clip, Timings(), model_name=model_name),
+        lambda clip: naive_score(clip.data, recipe, predict),
+        lambda clip: other_detector and ours_total(other_detector, clip, Timings(), model_name=model_name),
+    ):
+        started = time.perf_counter()
+        for clip in clips[:warmup]:
+            run(clip)
+        warm.append(time.perf_counter() - started)
+    ours_t, naive_t, other_t = Timings(), Timings(), Timings()
+    ours_scores, naive_scores, other_scores = [], [], []
+    for clip in clips:
+        ours_staged(detector, clip, ours_t)
+        ours_scores.append(ours_total(detector, clip, ours_t, model_name=model_name))
+        naive_scores.append(naive_score(clip.data, recipe, predict, naive_t))
+        if other_detector is not None:
+            other_scores.append(ours_total(other_detector, clip, other_t, model_name=model_name))
+    seconds = sum(c.seconds for c in clips)
+    other = None
+    if other_detector is not None:
+        other = PipelineResult(
+            name="ours (other settings)", timings=other_t, scores=other_scores, clip_seconds=seconds, warmup_s=warm[2]
+        )
+    return (
+        PipelineResult(name="ours", timings=ours_t, scores=ours_scores, clip_seconds=seconds, warmup_s=warm[0]),
+        PipelineResult(name="naive", timings=naive_t, scores=naive_scores, clip_seconds=seconds, warmup_s=warm[1]),
+        other,
+    )
+
+
+@dataclass(frozen=True)
+class NaiveRecipe:
+    """What the naive pipeline needs from the exported model's description."""
+
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    power: float
+    amin: float
+    frames: int
+    hop: int
+    arch: str
+    mean: np.ndarray  # (n_mels,)
+    std: np.ndarray  # (n_mels,)
+
+    @classmethod
+    def from_detector(cls, detector) -> NaiveRecipe:
+        bundle = detector.bundle
+        p = detector.params
+        return cls(
+            sample_rate=p.sample_rate,
+            n_fft=p.n_fft,
+            hop_length=p.hop_length,
+            n_mels=p.n_mels,
+            power=p.power,
+            amin=p.amin,
+            frames=bundle.patching.frames,
+            hop=bundle.patching.hop,
+            arch=bundle.model.arch,
+            mean=np.asarray(bundle.normalization.mean, dtype=np.float32),
+            std=np.asarray(bundle.normalization.std, dtype=np.float32),
+        )
+
+
+def naive_score(data: bytes, recipe: NaiveRecipe, predict: Callable[[np.ndarray], np.ndarray], timings: Timings | None = None) -> float:
+    """The pipeline a user would write with librosa and Keras, timed stage by stage."""
+    import librosa
+
+    clock = _Clock()
+    started = (clock.wall, clock.cpu)
+    # mono=False and channel 0: the service's default channel, so the scores are comparable.
+    y, sr = librosa.load(io.BytesIO(data), sr=recipe.sample_rate, mono=False)
+    if y.ndim > 1:
+        y = y[0]
+    decode = clock.lap()
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=sr, n_fft=recipe.n_fft, hop_length=recipe.hop_length, n_mels=recipe.n_mels, power=recipe.power
+    )
+    db = librosa.power_to_db(mel, ref=1.0, amin=recipe.amin, top_db=None)
+    x = (db - recipe.mean[:, None]) / recipe.std[:, None]
+    starts = range(0, x.shape[1] - recipe.frames + 1, recipe.hop)
+    patches = np.stack([x[:, s : s + recipe.frames] for s in starts])
+    if recipe.arch == "cae":
+        batch = patches[..., None]
+    else:
+        batch = patches.transpose(0, 2, 1).reshape(len(patches), -1)
+    batch = batch.astype(np.float32)
+    features = clock.lap()
+    recon = predict(batch)
+    score = float(np.mean((batch - recon) ** 2))
+    inference = clock.lap()
+    if timings is not None:
+        timings.add("decode", *decode)
+        timings.add("features", *features)
+        timings.add("inference", *inference)
+        timings.add("total", clock.wall - started[0], clock.cpu - started[1])
+    return score
+
+
+def measure_naive(
+    recipe: NaiveRecipe, predict: Callable[[np.ndarray], np.ndarray], clips: Sequence[Clip], *, warmup: int = 3
+) -> PipelineResult:
+    started = time.perf_counter()
+    for clip in clips[:warmup]:
+        naive_score(clip.data, recipe, predict)
+    warmup_s = time.perf_counter() - started
+    timings = Timings()
+    scores = [naive_score(clip.data, recipe, predict, timings) for clip in clips]
+    return PipelineResult(
+        name="naive", timings=timings, scores=scores, clip_seconds=sum(c.seconds for c in clips), warmup_s=warmup_s
+    )
+
+
+def reference_scores(detector, clips: Sequence[Clip]) -> list[float]:
+    """Scores without the benchmark's code: `read_audio` + `Detector.score` on each clip's bytes."""
+    from service.audio import read_audio
+
+    rate = detector.params.sample_rate
+    return [detector.score(read_audio(c.data, sample_rate=rate).samples).score for c in clips]
+
+
+def relative_difference(a: Sequence[float], b: Sequence[float]) -> float:
+    """Largest |a - b| / |b| over the pairs."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(x - y) / np.maximum(np.abs(y), 1e-12))) if x.size else float("nan")

@@ -1,0 +1,416 @@
+"""`python -m bench.run`: the whole benchmark, printed and written to BENCHMARKS.md.
+
+    python -m bench.run                  # what `make bench` runs (a few minutes)
+    python -m bench.run --quick          # fewer clips and requests, to try it out
+    python -m bench.run --out FILE --json FILE
+
+Steps (each described in its module):
+
+1. machine description and load average (`bench.machine`);
+2. clips: synthetic 10 s slider clips (`training.synth`) and the real recordings;
+   a detector trained on the synthetic training clips and exported (`bench.detector`);
+3. in-process, one clip at a time: ours against the naive librosa + Keras
+   pipeline on the same model and clips (`bench.inprocess`);
+4. over HTTP: `asd-serve` with 1 and 2 workers, cold start, load at several
+   concurrencies, resident memory after at least 1,000 requests (`bench.load`);
+5. the report (`bench.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bench import machine as machine_info
+from bench.detector import Clip
+from bench.inprocess import PipelineResult
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "BENCHMARKS.md"
+
+
+@dataclass
+class Config:
+    synthetic_normal_per_id: int = 55
+    synthetic_anomaly_per_id: int = 45
+    train_per_id: int = 24
+    ids: tuple[str, ...] = ("00", "02")
+    epochs: int = 2
+    workers: tuple[int, ...] = (1, 2)
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    requests: dict[int, int] = field(default_factory=lambda: {1: 150, 8: 400, 32: 400})
+    rss_after_requests: int = 1000
+    cold_starts: int = 3
+    warmup_requests: int = 16
+    model_name: str = "slider"
+    reference_model: Path = REPO / "models" / "slider"
+    # Tests: an exported detector folder and a stand-in for Keras' predict skip the training.
+    detector_dir: Path | None = None
+    predict: Callable[[np.ndarray], np.ndarray] | None = None
+    synthetic_seconds: float = 10.0
+    real: bool = True
+    training_check: bool = True  # compare with training.evaluate.score_files
+    quick: bool = False  # --quick: the report says so
+
+    def requests_at(self, concurrency: int) -> int:
+        return self.requests.get(concurrency, max(self.requests.values()))
+
+
+QUICK = dict(
+    synthetic_normal_per_id=10,
+    synthetic_anomaly_per_id=5,
+    train_per_id=12,
+    epochs=1,
+    concurrency=(1, 8),
+    requests={1: 30, 8: 80},
+    rss_after_requests=200,
+    cold_starts=1,
+)
+
+
+@dataclass
+class HttpRow:
+    workers: int
+    concurrency: int
+    requests: int
+    ok: int
+    errors: int
+    error_kinds: dict[str, int]
+    throughput: float
+    p50: float
+    p95: float
+    p99: float
+    mean_ms: float
+    seconds: float
+    server_cpu_ms: float = float("nan")  # per request, all worker processes
+    client_cpu_ms: float = float("nan")  # per request, the load generator
+
+
+@dataclass
+class ServerRow:
+    workers: int
+    cold_start_s: list[float]  # Popen to the first /ready 200, per start
+    all_ready_s: list[float]  # Popen to every worker loaded
+    phases: list[dict[str, float]]  # per start: seconds from Popen to master up, workers up, models loaded
+    requests_served: int
+    memory: list[dict[str, float]]  # per worker: pid, VmRSS, VmHWM (MB)
+    settings: dict[str, object]
+    heavy_packages_loaded: list[str] = field(default_factory=list)  # scipy, numba, ... mapped into a worker
+
+
+@dataclass
+class Results:
+    started_at: str
+    machine: dict
+    load_at_end: tuple[float, float, float] | None
+    config: dict
+    commands: list[str]
+    clips: dict[str, object]
+    detector: dict[str, object]
+    ours: dict | None
+    naive: dict | None
+    checks: dict[str, float]
+    http: list[HttpRow]
+    servers: list[ServerRow]
+    duration_s: float = 0.0
+    imports: dict = field(default_factory=dict)  # bench.startup.ImportProfile of building the app
+    ours_one_thread: dict | None = None  # ours' whole score_upload with 1 onnxruntime thread
+
+
+def _pipeline_dict(result: PipelineResult) -> dict:
+    stages = {}
+    for stage in ("decode", "features", "inference", "total"):
+        stages[stage] = {
+            "median_ms": result.median(stage),
+            "p95_ms": result.p95(stage),
+            "cpu_median_ms": result.median(stage, cpu=True),
+            "cpu_p95_ms": result.p95(stage, cpu=True),
+        }
+    return {
+        "name": result.name,
+        "n_clips": result.n_clips,
+        "stages": stages,
+        "clips_per_second": result.clips_per_second,
+        "real_time_factor": result.real_time_factor,
+        "warmup_s": result.warmup_s,
+    }
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> Results:
+    """Everything but the writing; `workdir` holds the clips, the model and the server logs."""
+    from bench import inprocess, load
+    from bench.detector import (
+        keras_predict,
+        make_synthetic_data,
+        real_clips,
+        reference_architecture,
+        synthetic_test_clips,
+        train_detector,
+    )
+
+    started = time.perf_counter()
+    results = Results(
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=machine_info.describe().to_dict(),
+        load_at_end=None,
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "predict"},
+        commands=[],
+        clips={},
+        detector={},
+        ours=None,
+        naive=None,
+        checks={},
+        http=[],
+        servers=[],
+    )
+    log(f"machine: {results.machine['cpu']}, {results.machine['cores']} cores, load {results.machine['load_average']}")
+
+    # 1. clips and detector
+    log("clips: rendering synthetic slider clips ...")
+    t = time.perf_counter()
+    need_training = config.detector_dir is None
+    machine_root = make_synthetic_data(
+        workdir / "data",
+        ids=config.ids,
+        n_train=config.train_per_id if need_training else 0,
+        n_test_normal=config.synthetic_normal_per_id,
+        n_test_anomaly=config.synthetic_anomaly_per_id,
+        seconds=config.synthetic_seconds,
+    )
+    clips: list[Clip] = synthetic_test_clips(machine_root)
+    n_synthetic = len(clips)
+    if config.real:
+        clips += real_clips()
+    results.clips = {
+        "synthetic": n_synthetic,
+        "real": len(clips) - n_synthetic,
+        "total": len(clips),
+        "audio_seconds": round(sum(c.seconds for c in clips), 1),
+        "render_s": round(time.perf_counter() - t, 1),
+        "real_channels": sorted({c.channels for c in clips if c.source == "real"}),
+    }
+    models_dir = workdir / "models"
+    model_dir = models_dir / config.model_name
+    if need_training:
+        architecture = reference_architecture(config.reference_model)
+        log(f"detector: training on the synthetic clips (architecture from {architecture.source}) ...")
+        trained = train_detector(machine_root, model_dir, architecture=architecture, epochs=config.epochs, log=log)
+        predict = keras_predict(trained.keras_model)
+        results.detector = {
+            "trained": True,
+            "architecture": asdict(architecture),
+            "seconds": {k: round(v, 1) for k, v in trained.seconds.items()},
+        }
+    else:
+        assert config.detector_dir is not None and config.predict is not None
+        models_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(config.detector_dir, model_dir)
+        predict = config.predict
+        results.detector = {"trained": False, "source": str(config.detector_dir)}
+
+    from service.config import Settings
+    from service.detector import Detector
+
+    settings_1 = Settings(workers=1, models_dir=models_dir)
+    detector = Detector(model_dir, intra_op_threads=settings_1.intra_op_threads)
+    bundle = detector.bundle
+    results.detector.update(
+        arch=bundle.model.arch,
+        frames=bundle.patching.frames,
+        hop=bundle.patching.hop,
+        patches_per_10s=1 + (detector.params.n_frames(10 * detector.params.sample_rate) - bundle.patching.frames)
+        // bundle.patching.hop,
+        packed_mel_filters=bundle.features.mel_filters is not None,
+        intra_op_threads_in_process=settings_1.intra_op_threads,
+        onnx_bytes=(model_dir / bundle.model.file).stat().st_size,
+    )
+
+    # 2. in-process
+    log(f"in-process: ours and the naive pipeline (librosa + Keras predict), clip by clip, on {len(clips)} clips ...")
+    recipe = inprocess.NaiveRecipe.from_detector(detector)
+    # The same model on one onnxruntime thread (ASD_ORT_THREADS=1), when the default is more.
+    single = Detector(model_dir, intra_op_threads=1) if settings_1.intra_op_threads > 1 else None
+    ours, naive, single_result = inprocess.measure_both(
+        detector, recipe, predict, clips, model_name=config.model_name, other_detector=single
+    )
+    results.ours = _pipeline_dict(ours)
+    results.naive = _pipeline_dict(naive)
+    if single_result is not None:
+        results.ours_one_thread = _pipeline_dict(single_result)
+        results.checks["ours_one_thread_vs_ours_max_rel_diff"] = inprocess.relative_difference(
+            single_result.scores, ours.scores
+        )
+    log(f"  ours: total median {ours.median('total'):.2f} ms, {ours.clips_per_second:.1f} clips/s")
+    log(f"  naive: total median {naive.median('total'):.2f} ms, {naive.clips_per_second:.1f} clips/s")
+    reference = inprocess.reference_scores(detector, clips)
+    results.checks["ours_vs_detector_max_rel_diff"] = inprocess.relative_difference(ours.scores, reference)
+    results.checks["ours_vs_naive_max_rel_diff"] = inprocess.relative_difference(ours.scores, naive.scores)
+    if config.training_check and all(c.path is not None for c in clips):
+        try:
+            from training.evaluate import score_files
+        except ImportError:
+            pass
+        else:
+            expected = score_files(model_dir, [c.path for c in clips])
+            results.checks["ours_vs_training_score_files_max_rel_diff"] = inprocess.relative_difference(
+                ours.scores, expected
+            )
+    del detector, single
+
+    # 3. start-up imports, then HTTP
+    from bench.startup import import_profile
+
+    results.imports = asdict(import_profile())
+    log(f"imports of a worker: {results.imports['total_ms']:.0f} ms; heavy packages: {results.imports['heavy'] or 'none'}")
+    for workers in config.workers:
+        settings = Settings(workers=workers, models_dir=models_dir)
+        row = ServerRow(
+            workers=workers,
+            cold_start_s=[],
+            all_ready_s=[],
+            phases=[],
+            requests_served=0,
+            memory=[],
+            settings={
+                "intra_op_threads": settings.intra_op_threads,
+                "scoring_concurrency": settings.scoring_concurrency,
+            },
+        )
+        for attempt in range(config.cold_starts):
+            log(f"http: starting asd-serve with {workers} worker(s) (start {attempt + 1}/{config.cold_starts}) ...")
+            server = load.start_server(models_dir, workers=workers, log_dir=workdir / "logs")
+            row.cold_start_s.append(server.cold_start_s)
+            row.all_ready_s.append(server.all_ready_s)
+            row.phases.append(server.phases())
+            log(f"  ready after {server.cold_start_s:.2f} s (all workers {server.all_ready_s:.2f} s)")
+            if attempt < config.cold_starts - 1:
+                server.stop()
+        with server:
+            generator = load.LoadGenerator(server.url, clips, server_pids=server.worker_pids())
+            generator.run(concurrency=max(config.concurrency), requests=config.warmup_requests)
+            for concurrency in config.concurrency:
+                n = config.requests_at(concurrency)
+                outcome = generator.run(concurrency=concurrency, requests=n)
+                lat = outcome.latencies_ms
+                results.http.append(
+                    HttpRow(
+                        workers=workers,
+                        concurrency=concurrency,
+                        requests=n,
+                        ok=outcome.ok,
+                        errors=outcome.errors,
+                        error_kinds=outcome.error_kinds,
+                        throughput=outcome.throughput,
+                        p50=outcome.percentile(50),
+                        p95=outcome.percentile(95),
+                        p99=outcome.percentile(99),
+                        mean_ms=float(np.mean(lat)) if lat else float("nan"),
+                        seconds=outcome.elapsed_s,
+                        server_cpu_ms=outcome.server_cpu_ms,
+                        client_cpu_ms=outcome.client_cpu_ms,
+                    )
+                )
+                log(
+                    f"  {workers} worker(s), concurrency {concurrency:>2}: {outcome.throughput:6.1f} clips/s, "
+                    f"p50 {outcome.percentile(50):6.1f} ms, p99 {outcome.percentile(99):6.1f} ms, "
+                    f"errors {outcome.errors}, CPU per request: server {outcome.server_cpu_ms:.1f} ms, "
+                    f"client {outcome.client_cpu_ms:.1f} ms"
+                )
+            remaining = config.rss_after_requests - generator.sent
+            if remaining > 0:
+                generator.run(concurrency=max(config.concurrency), requests=remaining)
+            row.requests_served = generator.sent
+            row.memory = server.memory()
+            row.heavy_packages_loaded = server.mapped_packages()
+            log(f"  resident memory after {generator.sent} requests: "
+                + ", ".join(f"{m['VmRSS']:.0f} MB" for m in row.memory))
+        results.servers.append(row)
+        results.commands.append(
+            f"ASD_HOST=127.0.0.1 ASD_PORT=<free port> ASD_WORKERS={workers} ASD_MODELS_DIR=<workdir>/models "
+            + " ".join(_relative(part) for part in load.asd_serve_command())
+        )
+
+    results.load_at_end = machine_info.load_average()
+    results.duration_s = time.perf_counter() - started
+    return results
+
+
+def load_results(path: Path) -> Results:
+    """Results saved with --json, to render them again."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data["http"] = [HttpRow(**row) for row in data.get("http", [])]
+    data["servers"] = [ServerRow(**row) for row in data.get("servers", [])]
+    known = set(Results.__dataclass_fields__)
+    return Results(**{k: v for k, v in data.items() if k in known})
+
+
+def _relative(part: str) -> str:
+    """A path inside the repository as the Makefile would write it (.venv/bin/...)."""
+    try:
+        return str(Path(part).relative_to(REPO))
+    except ValueError:
+        return part
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default BENCHMARKS.md)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
+    parser.add_argument("--quick", action="store_true", help="fewer clips and requests (not for the record)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (clips, model, logs)")
+    parser.add_argument(
+        "--render", type=Path, default=None, metavar="JSON", help="only write the report of saved results (--json)"
+    )
+    args = parser.parse_args(argv)
+
+    from bench.report import render, text_table
+
+    if args.render is not None:
+        saved = load_results(args.render)
+        print(text_table(saved))
+        args.out.write_text(render(saved, quick=bool(saved.config.get("quick"))), encoding="utf-8")
+        print(f"\nwrote {args.out}")
+        return 0
+
+    config = Config(**QUICK) if args.quick else Config()
+    config.quick = args.quick
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    workdir = Path(tempfile.mkdtemp(prefix="asd-bench-"))
+    # Where the results go does not change them: the command shown leaves --out, --json and --keep out.
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a in ("--quick",)]
+    command = " ".join([".venv/bin/python -m bench.run", *shown]) + ("" if shown else "   # make bench")
+    try:
+        results = run(config, workdir=workdir)
+    finally:
+        if args.keep:
+            print(f"working folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results.commands.insert(0, command)
+    print()
+    print(text_table(results))
+    args.out.write_text(render(results, quick=args.quick), encoding="utf-8")
+    print(f"\nwrote {args.out}")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
