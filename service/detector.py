@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle, sha256_of
-from service.features import log_mel_projected, mel_filterbank, mel_projection, patches, warm_up
+from service.features import MelProjection, log_mel_projected, mel_filterbank, patches, warm_up
 
 
 # Input values per onnxruntime run: 32 CAE patches of 128 x 32, or 204 dense
@@ -94,7 +94,7 @@ class Detector:
                 "installed; re-export the model with a current `asd-train fit`"
             ) from None
         # The filter bank's non-zero runs, found once per model rather than per clip.
-        self._mel = mel_projection(self._mel_basis)
+        self._mel = MelProjection(self._mel_basis)
         self.frames = self.bundle.patching.frames
         self.hop = self.bundle.patching.hop
         self._mean = np.asarray(self.bundle.normalization.mean, dtype=np.float32)[:, None]

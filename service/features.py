@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -177,7 +176,7 @@ class MelProjection:
     dense (n_mels, n_bins) product. Built once per filter bank.
     """
 
-    __slots__ = ("n_mels", "n_bins", "_runs", "_block", "__weakref__")
+    __slots__ = ("n_mels", "n_bins", "_runs", "_block")
 
     def __init__(self, basis: np.ndarray) -> None:
         basis = np.asarray(basis, dtype=np.float32)
@@ -213,29 +212,9 @@ class MelProjection:
         return mel
 
 
-_projections: dict[int, tuple[weakref.ref, MelProjection]] = {}
-_projections_lock = threading.Lock()
-
-
-def mel_projection(basis: np.ndarray) -> MelProjection:
-    """The `MelProjection` of `basis`: built once per read-only filter bank, each call otherwise."""
-    if basis.flags.writeable:
-        return MelProjection(basis)  # it could change under a cache; building takes ~0.1 ms
-    key = id(basis)
-    with _projections_lock:
-        cached = _projections.get(key)
-        if cached is not None and cached[0]() is basis:
-            return cached[1]
-        projection = MelProjection(basis)
-        _projections[key] = (weakref.ref(basis, functools.partial(_forget, key)), projection)
-        return projection
-
-
-def _forget(key: int, _ref: weakref.ref) -> None:
-    with _projections_lock:
-        entry = _projections.get(key)
-        if entry is not None and entry[0] is _ref:
-            del _projections[key]
+@functools.lru_cache(maxsize=16)
+def _default_projection(params: FeatureParams) -> MelProjection:
+    return MelProjection(mel_filterbank(params))
 
 
 def warm_up(params: FeatureParams) -> None:
@@ -261,12 +240,13 @@ def log_mel(
         `10 * log10(max(mel, amin))`, the same as librosa's
         `power_to_db(melspectrogram(y, center=True, pad_mode="constant"), top_db=None)`.
     """
-    basis = mel_filterbank(params) if mel_basis is None else mel_basis
-    return log_mel_projected(y, params, mel_projection(basis))
+    # A model's own bank is prepared per call (about 0.1 ms); a `Detector` prepares it once.
+    projection = _default_projection(params) if mel_basis is None else MelProjection(mel_basis)
+    return log_mel_projected(y, params, projection)
 
 
 def log_mel_projected(y: np.ndarray, params: FeatureParams, projection: MelProjection) -> np.ndarray:
-    """`log_mel` with the filter bank prepared once (`mel_projection`), as a `Detector` keeps it."""
+    """`log_mel` with the filter bank prepared once (`MelProjection`), as a `Detector` keeps it."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise FeatureError(f"expected a mono signal of shape (n,), got shape {y.shape}")
