@@ -11,9 +11,12 @@ Modules, one job each:
 * `training.threshold`: the gamma-quantile decision threshold;
 * `training.export`: ONNX export checked against Keras, calibration through
   `service.detector.Detector`, `threshold.json`, atomic replacement of the model folder;
-* `training.evaluate`: ROC AUC / pAUC per machine ID and `score_files`;
+* `training.evaluate`: `score_files`, scores as the deployed service computes them;
+* `training.metrics`, `training.report`, `training.plots`: `asd-train evaluate` (AUC, pAUC,
+  precision/recall/F1, confusion, report.json, DCASE CSVs, figures, `--compare`);
+* `training.explore`: `asd-train explore` figures of clips and of a model's reconstruction;
 * `training.synth`: synthetic DCASE-layout data;
-* `training.cli`: the `asd-train` command (`synth`, `fit`, `evaluate`).
+* `training.cli`: the `asd-train` command (`synth`, `fit`, `evaluate`, `explore`).
 
 The service never imports this package; this package imports the service's
 audio, feature, bundle and detector code, so both sides share one implementation.

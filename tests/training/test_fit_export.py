@@ -14,7 +14,8 @@ from service.detector import Detector
 from service.features import log_mel, mel_filterbank
 from training import export as export_module
 from training.dataset import Normalizer, patch_array
-from training.evaluate import evaluate, format_table, score_files, write_report
+from training.evaluate import score_files
+from training.report import evaluate_model, format_table
 from training.export import ExportError, export_detector
 from training.model import CaeConfig, build_cae, build_dense
 from training.threshold import fit_gamma_threshold
@@ -87,8 +88,8 @@ def test_detector_scores_like_training_prepared_the_patches(fitted: Fitted, tiny
 
 
 def test_evaluate_reports_auc_per_id(fitted: Fitted, tiny_root: Path, tmp_path: Path) -> None:
-    report = evaluate(fitted.model_dir, tiny_root, progress=False)
-    data = json.loads(write_report(report, tmp_path).read_text())
+    report = evaluate_model(fitted.model_dir, tiny_root, out=tmp_path, progress=False)
+    data = json.loads((tmp_path / "report.json").read_text())
     assert data["model"] == "tiny" and data["machine_type"] == "slider"
     assert set(data["ids"]) == set(IDS)
     for row in data["ids"].values():
