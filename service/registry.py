@@ -20,7 +20,6 @@ back. A restart loads what is on disk then. Nothing is reloaded in place.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bundle import MODEL_FILE, THRESHOLD_FILE, Bundle
+from service.bundle import MODEL_FILE, THRESHOLD_FILE, Bundle, sha256_of
 from service.detector import Detector, DetectorError
 
 logger = logging.getLogger(__name__)
@@ -196,7 +195,7 @@ class Registry:
             if _model_files(folder, detector.bundle) != paths:
                 paths = _model_files(folder, detector.bundle)
                 stamps = tuple(_stamp(p) for p in paths)
-            files = LoadedFiles(paths, tuple(_digest(p) for p in paths), stamps)
+            files = LoadedFiles(paths, tuple(sha256_of(p) for p in paths), stamps)
         # Any failure, also one nobody foresaw (a permission error, an onnxruntime
         # error on the first run), must only take down this one model.
         except Exception as error:  # noqa: BLE001
@@ -262,14 +261,6 @@ def _stamp(path: Path) -> Stamp:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _recheck(entry: ModelEntry) -> ModelEntry:
     files = entry.files
     if files is None or not entry.serving:
@@ -284,7 +275,7 @@ def _recheck(entry: ModelEntry) -> ModelEntry:
             problems.append(f"{path.name} was deleted or cannot be found")
             continue
         try:
-            now = _digest(path)
+            now = sha256_of(path)
         except OSError as error:
             problems.append(f"{path.name} cannot be read ({_os_reason(error)})")
             continue

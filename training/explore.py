@@ -32,7 +32,7 @@ from scipy import signal
 from service.audio import AudioError, Channel, read_audio
 from service.detector import Detector, DetectorError
 from service.features import FeatureParams, log_mel
-from training.report import parse_channel
+from training.cli import parse_channel
 
 EXPLORE_FIGURE = "explore.png"
 RECONSTRUCTION_FIGURE = "reconstruction.png"

@@ -53,6 +53,7 @@ from tqdm import tqdm
 from service.audio import AudioError, Channel, read_audio
 from service.detector import ClipTooShort, Detector, DetectorError
 from training import dataset, plots
+from training.cli import parse_channel
 from training.metrics import (
     MAX_FPR,
     MEAN_KEYS,
@@ -452,19 +453,6 @@ def evaluate_model(
     if out is not None:
         write_report(report, results, out)
     return report
-
-
-def parse_channel(text: str) -> Channel:
-    """argparse type of ``--channel``: a channel index or "mean"."""
-    if text == "mean":
-        return "mean"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"channel must be an integer or 'mean', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"channel must be >= 0, got {value}")
-    return value
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
