@@ -5,11 +5,9 @@ anomalous test clips, mono PCM_16, 16 kHz) and the real MIMII/DCASE
 recordings in `../shared/data/real-recordings` (8-channel and mono PCM_16).
 Each is held as its file bytes, so no timing includes the disk.
 
-Detector: trained here, in a temporary folder, with the training package's
-own steps (`training.train.read_training_clips`, `split_validation`,
-`fit_normalizer`, `patch_array`, `train_keras`, then
-`training.export.export_detector`), a couple of epochs on the synthetic
-training clips. The in-memory Keras model feeds the naive pipeline and the
+Detector: trained here, in a temporary folder, by the training package's
+own fit (`training.train.run_fit`, what `asd-train fit` runs), a couple of
+epochs on the synthetic training clips. The in-memory Keras model feeds the naive pipeline and the
 exported ONNX folder feeds ours, so both score with the same weights. The
 architecture and patching are read from the repository's own model
 (`models/slider/threshold.json`) when there is one, so the work per clip is
@@ -18,11 +16,10 @@ that of the shipped detector; how well it detects does not matter here.
 
 from __future__ import annotations
 
+import io
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -153,12 +150,8 @@ def train_detector(
     log: Callable[[str], None] = print,
 ) -> TrainedDetector:
     """Fit and export a detector on the training clips under `machine_root` (see module doc)."""
-    from service.bundle import Training
-    from training.dataset import fit_normalizer, patch_array, split_validation
-    from training.export import export_detector
     from training.model import CaeConfig
-    from training.threshold import quantile_for
-    from training.train import FitOptions, read_training_clips, train_keras
+    from training.train import FitOptions, run_fit
 
     default_cae = CaeConfig()
     cae = CaeConfig(
@@ -177,67 +170,16 @@ def train_detector(
         val_fraction=0.2,  # at least 3 calibration clips from a few training clips per ID
         cae=cae,
         progress=False,
-    ).resolved()
-    assert options.frames is not None and options.patch_hop is not None
-    started = time.perf_counter()
-    loaded, _, _ = read_training_clips(machine_root, options)
-    train_clips, val_clips = split_validation(loaded.clips, fraction=options.val_fraction, seed=seed)
-    normalizer = fit_normalizer(c.spec for c in train_clips)
-
-    def patches_of(clips):
-        return patch_array(
-            [c.spec for c in clips],
-            normalizer=normalizer,
-            frames=options.frames,
-            hop=options.patch_hop,
-            arch=options.arch,
-        )
-
-    x_train, x_val = patches_of(train_clips), patches_of(val_clips)
-    features_done = time.perf_counter()
-    log(f"  training {options.arch} ({len(x_train)} patches, {epochs} epochs) ...")
-    model, history = train_keras(x_train, x_val, options)
-    training_done = time.perf_counter()
-    training = Training(
-        trained_at=datetime.now(timezone.utc),
-        data_root=str(machine_root),
-        n_clips=len(train_clips),
-        n_validation_clips=len(val_clips),
-        hours=loaded.hours,
-        clips_per_id=loaded.clips_per_id(),
-        skipped_files=len(loaded.skipped),
-        epochs_run=len(history.get("loss", [])),
-        seed=seed,
-        command="python -m bench.run (benchmark detector)",
-        arch_options={"filters": list(cae.filters), "bottleneck": cae.bottleneck, "epochs": epochs},
     )
-    log("  exporting to ONNX and calibrating ...")
-    export_detector(
-        model,
-        out=out,
-        arch=options.arch,
-        params=options.features,
-        frames=options.frames,
-        hop=options.patch_hop,
-        normalizer=normalizer,
-        check_inputs=x_val,
-        calibration_paths=[c.file.path for c in val_clips],
-        channel=options.channel,
-        quantile=quantile_for(None),
-        machine_type="slider",
-        machine_ids=sorted(loaded.clips_per_id()),
-        training=training,
-    )
-    finished = time.perf_counter()
+    log(f"  training and exporting {options.arch} ({epochs} epochs) ...")
+    # The same fit as `asd-train fit`; the benchmark keeps its in-memory Keras model for the naive path.
+    summary = run_fit(machine_root, out, options, command="python -m bench.run (benchmark detector)",
+                      stream=io.StringIO())
     return TrainedDetector(
         folder=out,
-        keras_model=model,
+        keras_model=summary.keras_model,
         architecture=architecture,
-        seconds={
-            "features": features_done - started,
-            "training": training_done - features_done,
-            "export": finished - training_done,
-        },
+        seconds={k: summary.seconds[k] for k in ("features", "training", "export")},
     )
 
 

@@ -128,6 +128,7 @@ class FitSummary:
     empirical_far: float
     n_calibration: int
     max_onnx_difference: float
+    keras_model: object = field(default=None, repr=False, compare=False)  # the trained keras.Model
 
     def lines(self) -> list[str]:
         ids = " ".join(f"{k}={v}" for k, v in self.clips_per_id.items())
@@ -329,6 +330,7 @@ def run_fit(
         empirical_far=result.threshold.empirical_false_alarm_rate,
         n_calibration=result.threshold.n_clips,
         max_onnx_difference=result.max_onnx_difference,
+        keras_model=model,
     )
     for line in summary.lines():
         print(line, file=stream)
