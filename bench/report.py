@@ -405,14 +405,17 @@ to the old results.
 | resident memory after one 300 s clip | 561 MB | 194 MB | onnxruntime's arena keeps the largest run it saw; inference now runs in chunks of 32 CAE patches (bit-identical results) |
 
 What is left is mostly inference, and that is the model's own work. The
-model shipped since (patch hop 32: 9 patches per clip; a dense bottleneck)
-needs about 10 ms of inference CPU per clip. Per node (onnxruntime
-profiler, current model): the last convolution (16 channels to 1 at
+model shipped after these changes (32-frame patches, hop 32: 9 patches per
+clip; a dense bottleneck) needed about 10 ms of inference CPU per clip. Per
+node (onnxruntime profiler, that model): the last convolution (16 channels to 1 at
 128 x 32) takes 22 %, the decoder's last 3 x 3 convolution 15 %, and the
 Tile/Transpose/Reorder chains that tf2onnx makes of Keras' `UpSampling2D`
 about 15 %. Replacing each chain with one `Resize` (nearest) gives
 bit-identical outputs and 12 % less inference CPU on the current model
 (10.0 -> 8.8 ms, median of 80 alternating runs; 18.8 -> 16.3 ms on the
 provisional one); the graph comes from the export in `training/`, so that
-change belongs there.
+change belongs there. The default model has changed again since (8-frame
+patches, hop 8: 39 patches per clip; its decoder up-samples before it
+convolves, so two decoder convolutions run at full resolution): the tables above
+measure it.
 """

@@ -54,7 +54,8 @@ KEEPALIVE_EXPIRY_S = 2.0  # below uvicorn's timeout_keep_alive (5 s)
 class Payloads:
     clip: bytes = field(default_factory=lambda: encode(noise(2.0, seed=1)))
     clip_8ch: bytes = field(default_factory=lambda: encode(noise(1.5, channels=8, seed=2)))
-    short: bytes = field(default_factory=lambda: encode(noise(0.3, seed=3)))
+    # 0.1 s: shorter than one patch of any shipped model (CAE 8 frames = 0.22 s, dense 5 = 0.13 s).
+    short: bytes = field(default_factory=lambda: encode(noise(0.1, seed=3)))
     garbage: bytes = field(
         default_factory=lambda: np.random.default_rng(4).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
     )
