@@ -53,7 +53,8 @@ from training.threshold import MIN_CALIBRATION_CLIPS, quantile_for
 # cae: 8-frame patches (0.26 s) without overlap, 10 epochs of batch 64: the
 # best of an ablation over patch width, code size and decoder order on the
 # reference data (models/README.md). Short patches keep brief events (clicks,
-# impacts) from being averaged away.
+# impacts) from being averaged away. Its cost: `fit` on the 3.3 h reference set
+# took 22 min on 2 idle cores, over the 10-minute budget (models/README.md).
 # dense: the DCASE 2020 baseline's 5 frames, hop 1, batch 512 (its 100 epochs
 # are cut to 20: the validation loss flattens long before on this data).
 ARCH_DEFAULTS: dict[str, dict[str, int]] = {
