@@ -10,71 +10,15 @@ Keras' `predict`, so the naive librosa path still runs.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.report import render, targets, text_table
 from bench.run import Config, run
-from service.bundle import (
-    Bundle,
-    Features,
-    GammaFit,
-    Normalization,
-    OnnxModel,
-    Patching,
-    Threshold,
-    Training,
-    sha256_of,
-)
-from service.features import FeatureParams
+from tests.training.tiny_detector import make_detector
 
 FACTOR = 0.5
-FRAMES, HOP = 32, 16
-
-
-def tiny_detector(folder: Path) -> Path:
-    """model.onnx (input * FACTOR) and threshold.json, in the CAE layout."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    folder.mkdir(parents=True)
-    params = FeatureParams()
-    shape = ["N", params.n_mels, FRAMES, 1]
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["log_mel", "factor"], ["reconstruction"])],
-        "tiny",
-        [helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, shape)],
-        initializer=[helper.make_tensor("factor", TensorProto.FLOAT, [], [FACTOR])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, folder / "model.onnx")
-    Bundle(
-        name=folder.name,
-        machine_type="slider",
-        machine_ids=["00"],
-        features=Features.from_params(params),
-        patching=Patching(frames=FRAMES, hop=HOP),
-        normalization=Normalization(mean=[-60.0] * params.n_mels, std=[20.0] * params.n_mels),
-        model=OnnxModel(
-            sha256=sha256_of(folder / "model.onnx"), arch="cae", input_name="log_mel",
-            output_name="reconstruction", opset=17,
-        ),
-        threshold=Threshold(
-            value=1.0, quantile=0.9, gamma=GammaFit(shape=2.0, loc=0.0, scale=0.5),
-            n_calibration_clips=3, empirical_false_alarm_rate=0.1,
-        ),
-        training=Training(
-            trained_at=datetime(2026, 1, 1, tzinfo=timezone.utc), data_root="none", n_clips=1,
-            n_validation_clips=1, hours=0.0, clips_per_id={"00": 1}, skipped_files=0, epochs_run=0, seed=0,
-        ),
-        versions={},
-    ).write(folder)  # fmt: skip
-    return folder
 
 
 def _finite_positive(value: float) -> bool:
@@ -96,7 +40,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
         rss_after_requests=12,
         cold_starts=1,
         warmup_requests=2,
-        detector_dir=tiny_detector(root / "tiny" / "slider"),
+        detector_dir=make_detector(root / "tiny" / "slider", factor=FACTOR, threshold=1.0, machine_ids=("00",)),
         predict=lambda batch: batch * np.float32(FACTOR),
         training_check=False,
     )
