@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--patience", type=int, default=5, help="epochs without val_loss gain before stopping")
     fit.add_argument("--learning-rate", type=float, default=1e-3)
     fit.add_argument("--filters", default=None, help="CAE encoder widths, e.g. 16,32,64")
-    fit.add_argument("--bottleneck", type=int, default=None, help="CAE code size (units of the dense bottleneck, default 32)")
+    fit.add_argument("--bottleneck", type=int, default=None, help="CAE code size (units of the dense bottleneck, default 16)")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
 
@@ -141,7 +141,7 @@ def _synth(args: argparse.Namespace) -> None:
 def _fit(args: argparse.Namespace) -> None:
     from training.model import CaeConfig, ModelConfigError
     from training.threshold import ThresholdError
-    from training.train import FitOptions, run_fit
+    from training.train import FitOptions, TrainingError, run_fit
 
     cae = CaeConfig()
     if args.filters:
@@ -174,7 +174,7 @@ def _fit(args: argparse.Namespace) -> None:
     command = shlex.join(["asd-train", *args.argv])
     try:
         run_fit(args.data_root, args.out, options, command=command)
-    except (ModelConfigError, ThresholdError, ExportError) as error:
+    except (ModelConfigError, ThresholdError, ExportError, TrainingError) as error:
         raise CliError(str(error)) from None
 
 

@@ -52,6 +52,21 @@ def test_frames_not_divisible_by_pooling(tmp_path: Path, capsys: pytest.CaptureF
     _fails_cleanly(capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "12"], "divisible")
 
 
+def test_diverging_training_is_an_error_and_writes_no_model(
+    tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    argv = ["fit", str(tiny_root), "--out", str(out), "--epochs", "1", "--learning-rate", "50", "--val-fraction", "0.2", "--quiet"]
+    _fails_cleanly(capsys, argv, "training diverged in epoch 1")
+    assert not out.exists()
+
+
+def test_learning_rate_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_tone(tmp_path / "normal_id_00_00000000.wav", seconds=1.0)
+    argv = ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--learning-rate", "0"]
+    _fails_cleanly(capsys, argv, "learning-rate must be a positive number")
+
+
 def test_option_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["fit", "x", "--out", "y", "--channel", "left"], ["fit", "x", "--out", "y", "--false-alarm-rate", "2"]):
         with pytest.raises(SystemExit) as exit_info:
