@@ -246,8 +246,8 @@ def train_keras(
 
     def batches(x: np.ndarray, order: np.ndarray | None = None):
         for start in range(0, len(x), options.batch_size):
-            rows = slice(start, start + options.batch_size) if order is None else order[start : start + options.batch_size]
-            yield x[rows]
+            rows = slice(start, start + options.batch_size)
+            yield x[rows] if order is None else x[order[rows]]
 
     rng = np.random.default_rng(options.seed)
     history: dict[str, list[float]] = {"loss": [], "val_loss": []}
@@ -264,12 +264,12 @@ def train_keras(
                 seen += len(batch)
                 bar.update()
                 bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        if not np.isfinite(total):
+        val_loss = sum(float(val_step(b)) * len(b) for b in batches(x_val)) / max(len(x_val), 1)
+        if not (np.isfinite(total) and np.isfinite(val_loss)):
             raise TrainingError(
-                f"training diverged in epoch {epoch}: the loss is {total / seen}; "
+                f"training diverged in epoch {epoch}: the loss is {total / seen}, val_loss {val_loss}; "
                 f"try a lower --learning-rate (now {options.learning_rate:g})"
             )
-        val_loss = sum(float(val_step(b)) * len(b) for b in batches(x_val)) / max(len(x_val), 1)
         history["loss"].append(total / seen)
         history["val_loss"].append(val_loss)
         if options.progress:
@@ -281,7 +281,8 @@ def train_keras(
             waited += 1
             if waited >= options.patience:
                 if options.progress:
-                    print(f"early stop: no better val_loss for {options.patience} epochs", file=stream, flush=True)
+                    message = f"early stop: no better val_loss for {options.patience} epochs"
+                    print(message, file=stream, flush=True)
                 break
     if best_weights is not None:
         model.set_weights(best_weights)

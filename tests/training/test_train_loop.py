@@ -49,11 +49,13 @@ def test_diverging_run_stops_early_and_keeps_the_best_epoch() -> None:
 
 def test_improving_run_runs_every_epoch_and_reports_its_losses() -> None:
     x_train, x_val = _data()
-    model, history = train_keras(x_train, x_val, _options(epochs=3, patience=3, progress=False), stream=io.StringIO())
+    options = _options(epochs=3, patience=3, progress=False)
+    model, history = train_keras(x_train, x_val, options, stream=io.StringIO())
     assert len(history["loss"]) == len(history["val_loss"]) == 3
     assert history["loss"][-1] < history["loss"][0]
     best = int(np.argmin(history["val_loss"]))
-    assert abs(_val_loss(model, x_val) - history["val_loss"][best]) < 1e-4 * max(1.0, history["val_loss"][best])
+    best_loss = history["val_loss"][best]
+    assert abs(_val_loss(model, x_val) - best_loss) < 1e-4 * max(1.0, best_loss)
 
 
 def test_a_loss_that_becomes_nan_is_an_error_not_a_model() -> None:
