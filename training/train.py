@@ -326,8 +326,9 @@ def run_fit(
     training_done = time.perf_counter()
     del x_train  # hundreds of MB; the export needs only the validation patches
 
-    val_losses = history.get("val_loss", [float("nan")])
-    best = int(np.nanargmin(val_losses)) if np.isfinite(val_losses).any() else len(val_losses) - 1
+    # train_keras runs at least one epoch and raises on a non-finite loss, so both lists are full and finite.
+    val_losses = history["val_loss"]
+    best = int(np.argmin(val_losses))
     seconds = {"features": features_done - started, "training": training_done - features_done}
     ids = sorted(loaded.clips_per_id())
     training = Training(
@@ -338,7 +339,7 @@ def run_fit(
         hours=loaded.hours,
         clips_per_id=loaded.clips_per_id(),
         skipped_files=len(loaded.skipped),
-        epochs_run=len(history.get("loss", [])),
+        epochs_run=len(history["loss"]),
         seed=options.seed,
         final_loss=history["loss"][best],
         final_val_loss=val_losses[best],
@@ -348,8 +349,8 @@ def run_fit(
         validation_files=[c.file.path.name for c in val_clips],
         skipped_names=[s.path.name for s in loaded.skipped],
         best_epoch=best + 1,
-        loss_history=history.get("loss"),
-        val_loss_history=history.get("val_loss"),
+        loss_history=history["loss"],
+        val_loss_history=val_losses,
         seconds={k: round(v, 2) for k, v in seconds.items()},
     )
     with tqdm(total=len(val_clips), desc="calibrate", unit="clip", disable=not options.progress) as bar:
