@@ -36,13 +36,16 @@ class Score:
     """Reconstruction error of one clip.
 
     `patch_errors`, `patch_start` and `patch_end` have shape (n_patches,);
-    times are in seconds from the start of the clip.
+    times are in seconds from the start of the clip. `bin_errors`, when
+    asked for, is the squared error per mel bin averaged over every patch
+    and frame, shape (n_mels,); its mean is `score`.
     """
 
     score: float
     patch_errors: np.ndarray
     patch_start: np.ndarray
     patch_end: np.ndarray
+    bin_errors: np.ndarray | None = None
 
 
 class Detector:
@@ -105,6 +108,11 @@ class Detector:
     @property
     def threshold(self) -> float:
         return self.bundle.threshold.value
+
+    @property
+    def mel_basis(self) -> np.ndarray:
+        """The mel filter bank the features use, shape (n_mels, 1 + n_fft // 2)."""
+        return self._mel_basis
 
     @property
     def min_samples(self) -> int:
@@ -170,11 +178,13 @@ class Detector:
         ]
         return np.concatenate(parts, axis=0)
 
-    def score(self, samples: np.ndarray) -> Score:
+    def score(self, samples: np.ndarray, *, per_bin: bool = False) -> Score:
         """Anomaly score of a mono waveform at the model's sample rate.
 
         The score is the mean squared reconstruction error over all patches;
         each patch's own error is kept with its time span for localisation.
+        `per_bin` also keeps the error of each mel bin (for evaluation: which
+        frequencies the score comes from).
         """
         if samples.size < self.min_samples:
             need = self.min_samples / self.params.sample_rate
@@ -187,11 +197,19 @@ class Detector:
         else:
             squared = np.square(batch - recon)
         errors = np.mean(squared.reshape(len(batch), -1), axis=1)
+        bins = None
+        if per_bin:
+            n_mels = self.params.n_mels
+            # CAE patches are (mels, frames, 1); dense ones frame-major (frames * mels).
+            by_mel = squared.reshape(len(batch), n_mels, -1) if self.bundle.model.arch == "cae" else (
+                squared.reshape(len(batch), -1, n_mels).transpose(0, 2, 1))
+            bins = by_mel.mean(axis=(0, 2), dtype=np.float64)
         seconds_per_frame = self.params.hop_length / self.params.sample_rate
         duration = samples.size / self.params.sample_rate
         start = starts * seconds_per_frame
         end = np.minimum((starts + self.frames) * seconds_per_frame, duration)
-        return Score(score=float(errors.mean()), patch_errors=errors, patch_start=start, patch_end=end)
+        return Score(score=float(errors.mean()), patch_errors=errors, patch_start=start, patch_end=end,
+                     bin_errors=bins)
 
     def is_anomalous(self, score: float) -> bool:
         return score > self.threshold

@@ -28,6 +28,8 @@ Files written to the output folder::
     anomaly_score_<type>_id_XX.csv      filename,score   (no header, as the DCASE 2020 baseline)
     decision_result_<type>_id_XX.csv    filename,0|1     (1 = anomalous)
     compare/anomaly_score_... , compare/decision_result_...   the second model's CSVs
+    bins.csv, bin_errors.npz            the error per mel bin (see `write_bin_errors`)
+    compare/bins.csv, compare/bin_errors.npz                the second model's
     roc.png, score_histograms.png, confusion_matrices.png   both models in each figure
 
 Errors a user can cause derive from `EvaluationError`; `run_evaluate` turns
@@ -51,7 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.audio import AudioError, Channel, read_audio
-from service.detector import ClipTooShort, Detector, DetectorError
+from service.detector import ClipTooShort, Detector, DetectorError, Score
 from training import dataset, plots
 from training.cli import parse_channel
 from training.metrics import (
@@ -67,6 +69,8 @@ REPORT_FILE = "report.json"
 COMPARE_DIR = "compare"
 ROC_FIGURE = "roc.png"
 HISTOGRAM_FIGURE = "score_histograms.png"
+BINS_FILE = "bins.csv"
+BIN_ERRORS_FILE = "bin_errors.npz"
 CONFUSION_FIGURE = "confusion_matrices.png"
 
 
@@ -94,12 +98,15 @@ class ClipError(EvaluationError):
 class IdScores:
     """Scores of one machine ID's test clips; all three lists have length n_clips.
 
-    `files` are the clip paths, `labels` 0 normal / 1 anomalous.
+    `files` are the clip paths, `labels` 0 normal / 1 anomalous;
+    `bin_errors`, when present, one array of per-mel-bin errors per clip
+    (`service.detector.Score.bin_errors`).
     """
 
     files: list[str]
     labels: list[int]
     scores: list[float]
+    bin_errors: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not len(self.files) == len(self.labels) == len(self.scores):
@@ -107,6 +114,8 @@ class IdScores:
                 f"{len(self.files)} files, {len(self.labels)} labels and {len(self.scores)} scores "
                 "differ in length"
             )
+        if self.bin_errors is not None and len(self.bin_errors) != len(self.files):
+            raise ValueError(f"{len(self.bin_errors)} bin error rows for {len(self.files)} files")
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,8 @@ class ModelScores:
     machine_type: str
     threshold: float
     ids: Mapping[str, IdScores] = field(default_factory=dict)
+    # Centre frequency (Hz) of each mel bin, for the per-bin files; None when unknown.
+    bin_centres_hz: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         converted = {mid: v if isinstance(v, IdScores) else IdScores(**v) for mid, v in self.ids.items()}
@@ -237,6 +248,47 @@ def write_dcase_csvs(scores: ModelScores, out_dir: Path) -> list[Path]:
     return written
 
 
+def write_bin_errors(scores: ModelScores, out_dir: Path) -> list[Path]:
+    """``bins.csv`` (the error profile over mel bins) and ``bin_errors.npz`` (per clip); [] without them.
+
+    ``bins.csv`` has one row per mel bin: its centre frequency, the mean and
+    standard deviation over the normal test clips of the clip's squared
+    error in that bin, the mean over the anomalous clips, and their
+    separation, (anomalous - normal) / normal sd. A clip's score is the
+    mean of its row of ``bin_errors.npz`` (arrays ``files``, ``ids``,
+    ``labels``, ``bin_errors`` of shape (clips, mels), ``centre_hz``).
+    """
+    id_scores = list(scores.ids.values())
+    if not id_scores or any(c.bin_errors is None for c in id_scores):
+        return []
+    errors = np.array([row for c in id_scores for row in c.bin_errors], dtype=np.float64)
+    labels = np.array([label for c in id_scores for label in c.labels])
+    n_mels = errors.shape[1]
+    centres = np.full(n_mels, np.nan) if scores.bin_centres_hz is None else np.asarray(scores.bin_centres_hz)
+    normal, anomalous = errors[labels == 0], errors[labels == 1]
+    header = ["bin", "centre_hz", "normal_error", "normal_sd", "anomaly_error", "separation"]
+    rows: list[list[object]] = [header]
+    nan = float("nan")
+    for b in range(n_mels):
+        mean, sd = (float(normal[:, b].mean()), float(normal[:, b].std())) if len(normal) else (nan, nan)
+        excess = float(anomalous[:, b].mean()) if len(anomalous) else nan
+        separation = (excess - mean) / sd if sd > 0 else nan
+        cells = [f"{mean:.6g}", f"{sd:.6g}", f"{excess:.6g}", f"{separation:.4g}"]
+        rows.append([b, round(float(centres[b]), 1), *cells])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = _write_csv(out_dir / BINS_FILE, rows)
+    arrays = out_dir / BIN_ERRORS_FILE
+    np.savez_compressed(
+        arrays,
+        files=np.array([Path(f).name for c in id_scores for f in c.files]),
+        ids=np.array([mid for mid, c in scores.ids.items() for _ in c.files]),
+        labels=labels,
+        bin_errors=errors,
+        centre_hz=centres,
+    )
+    return [table, arrays]
+
+
 def write_report(
     report: Mapping, results: ModelScores | Sequence[ModelScores], out_dir: str | Path
 ) -> list[Path]:
@@ -258,6 +310,7 @@ def write_report(
     written = [report_path]
     for index, scores in enumerate(models):
         written += write_dcase_csvs(scores, out if index == 0 else out / COMPARE_DIR)
+        written += write_bin_errors(scores, out if index == 0 else out / COMPARE_DIR)
 
     per_model = {m.model: {mid: (c.labels, c.scores) for mid, c in m.ids.items()} for m in models}
     thresholds = {m.model: m.threshold for m in models}
@@ -352,7 +405,7 @@ def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Pa
     names = list(names) if names is not None else [d.name for d in detectors]
     jobs = [(machine_id, path, label) for machine_id, id_clips in clips.items() for path, label in id_clips]
 
-    def score_one(job: tuple[str, Path, int]) -> list[float]:
+    def score_one(job: tuple[str, Path, int]) -> list[Score]:
         _, path, _ = job
         decoded: dict[int, np.ndarray] = {}
         scores = []
@@ -361,13 +414,13 @@ def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Pa
             try:
                 if rate not in decoded:
                     decoded[rate] = read_audio(path, sample_rate=rate, channel=channel).samples
-                scores.append(detector.score(decoded[rate]).score)
+                scores.append(detector.score(decoded[rate], per_bin=True))
             except (AudioError, ClipTooShort) as error:
                 raise ClipError(f"{path}: {error}") from None
         return scores
 
     per_model: list[dict[str, dict[str, list]]] = [
-        {mid: {"files": [], "labels": [], "scores": []} for mid in clips} for _ in detectors
+        {mid: {"files": [], "labels": [], "scores": [], "bin_errors": []} for mid in clips} for _ in detectors
     ]
     bar = tqdm(total=len(jobs), unit="clip", desc=f"scoring {' + '.join(names)}", disable=not progress)
     pool = ThreadPoolExecutor(max_workers=workers or default_workers())
@@ -379,15 +432,24 @@ def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Pa
                     entry = collected[machine_id]
                     entry["files"].append(str(path))
                     entry["labels"].append(label)
-                    entry["scores"].append(score)
+                    entry["scores"].append(score.score)
+                    entry["bin_errors"].append(score.bin_errors)
                 bar.update(1)
     finally:
         # On a bad clip (or Ctrl-C) stop at once rather than scoring the clips still queued.
         pool.shutdown(wait=True, cancel_futures=True)
     return [
-        ModelScores(model=name, machine_type=d.bundle.machine_type, threshold=d.threshold, ids=collected)
+        ModelScores(model=name, machine_type=d.bundle.machine_type, threshold=d.threshold, ids=collected,
+                    bin_centres_hz=mel_centres_hz(d))
         for name, d, collected in zip(names, detectors, per_model)
     ]
+
+
+def mel_centres_hz(detector: Detector) -> list[float]:
+    """Centre (weighted mean frequency) of each of a detector's mel filters, in Hz."""
+    params, basis = detector.params, detector.mel_basis
+    freqs = np.arange(basis.shape[1]) * params.sample_rate / params.n_fft
+    return [float(c) for c in basis @ freqs / np.maximum(basis.sum(axis=1), 1e-12)]
 
 
 def evaluate_model(

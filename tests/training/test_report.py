@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.audio import read_audio
@@ -276,3 +277,33 @@ def test_training_curves_figure(tmp_path):
     _assert_png(path)
     with pytest.raises(ValueError, match="no 'loss'"):
         plots.plot_training_curves({"val_loss": [1.0]}, tmp_path / "x.png")
+
+
+def test_bin_errors_locate_the_anomalous_tone(setup, tmp_path):
+    """bins.csv and bin_errors.npz, for both graph layouts: each clip's row
+    averages to its score, and a tone's error sits in the mel bins at its frequency."""
+    out = tmp_path / "bins"
+    evaluate_model(setup["cae"], setup["data"], out=out, compare=setup["dense"], progress=False)
+    for folder in (out, out / "compare"):
+        arrays = np.load(folder / "bin_errors.npz")
+        errors, centres = arrays["bin_errors"], arrays["centre_hz"]
+        assert errors.shape == (2 * (N_NORMAL + N_ANOMALY), 128)
+        assert np.all(np.diff(centres) > 0) and 0 < centres[0] < 100 and 7000 < centres[-1] < 8000
+        scores = {}
+        for machine_id in ("00", "02"):
+            rows = _read_csv(folder / f"anomaly_score_slider_id_{machine_id}.csv")
+            scores |= {name: float(value) for name, value in rows}
+        for name, machine_id, label, row in zip(arrays["files"], arrays["ids"], arrays["labels"], errors):
+            assert machine_id in name and label == name.startswith("anomaly")
+            assert row.mean() == pytest.approx(scores[name], rel=1e-5)
+            index = int(name[-12:-4])
+            if label and index > 0:  # the loud tones: 1000 + 40 * seed Hz (tiny_detector.write_test_set)
+                seed = 100 * ("00", "02").index(machine_id) + 50 + index
+                assert abs(centres[np.argmax(row)] - (1000 + 40 * seed)) < 150
+        table = _read_csv(folder / "bins.csv")
+        assert table[0] == ["bin", "centre_hz", "normal_error", "normal_sd", "anomaly_error", "separation"]
+        assert [int(r[0]) for r in table[1:]] == list(range(128))
+        normal = errors[arrays["labels"] == 0]
+        assert [float(r[2]) for r in table[1:]] == pytest.approx(normal.mean(axis=0), rel=1e-5)
+        separation = np.array([float(r[5]) for r in table[1:]])
+        assert separation.max() > 3  # the tones stand far out of the normal clips' spread
