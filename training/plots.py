@@ -31,6 +31,7 @@ ANOMALY_COLOR = "tab:red"
 _MODEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 _DPI = 110
 _MAX_COLUMNS = 4
+_BIN_TICKS_HZ = (100, 250, 500, 1000, 2000, 4000, 8000)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -211,4 +212,42 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | Pat
     ax.set(xlabel="epoch", ylabel="loss (MSE)", title=title or "training curves")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_bin_errors(profiles: Mapping[str, Mapping[str, np.ndarray]], path: str | Path) -> Path:
+    """Mean squared error per mel bin of normal and anomalous clips, one panel per model.
+
+    ``profiles[model]`` holds ``centre_hz``, ``bin_errors`` (clips x mels)
+    and ``labels`` (0/1 per clip). The normal clips' band (mean ± one
+    standard deviation) shows where in frequency the score's spread comes
+    from; the anomalous mean shows where the faults add error.
+    """
+    if not profiles:
+        raise ValueError("no model results to plot")
+    fig = Figure(figsize=(7.0, 3.0 * len(profiles)), layout="constrained")
+    axes = fig.subplots(len(profiles), 1, squeeze=False)[:, 0]
+    for ax, (model, profile) in zip(axes, profiles.items()):
+        errors = np.asarray(profile["bin_errors"], dtype=np.float64)
+        labels = np.asarray(profile["labels"])
+        centres = np.asarray(profile["centre_hz"], dtype=np.float64)
+        bins = np.arange(errors.shape[1])
+        normal = errors[labels == 0]
+        if len(normal):
+            mean, sd = normal.mean(axis=0), normal.std(axis=0)
+            ax.fill_between(bins, mean - sd, mean + sd, color=NORMAL_COLOR, alpha=0.25, linewidth=0)
+            ax.plot(bins, mean, color=NORMAL_COLOR, label=f"normal ({len(normal)} clips, mean ± sd)")
+        if (labels == 1).any():
+            ax.plot(bins, errors[labels == 1].mean(axis=0), color=ANOMALY_COLOR,
+                    label=f"anomalous ({int((labels == 1).sum())} clips, mean)")
+        if np.isfinite(centres).all():
+            # Mel bins on the axis (as the model sees them), labelled with the frequency of a few.
+            ticks = sorted({int(np.argmin(np.abs(centres - f))) for f in _BIN_TICKS_HZ if f <= centres[-1]})
+            ax.set_xticks(ticks, [f"{centres[t] / 1000:.2g}k" if centres[t] >= 1000 else f"{centres[t]:.0f}"
+                                  for t in ticks])
+            ax.set_xlabel("mel bin, at its centre frequency (Hz)")
+        else:
+            ax.set_xlabel("mel bin")
+        ax.set(ylabel="squared error", title=f"{model}: error per mel bin")
+        ax.legend(fontsize=8)
     return _save(fig, path)

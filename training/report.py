@@ -30,7 +30,7 @@ Files written to the output folder::
     compare/anomaly_score_... , compare/decision_result_...   the second model's CSVs
     bins.csv, bin_errors.npz            the error per mel bin (see `write_bin_errors`)
     compare/bins.csv, compare/bin_errors.npz                the second model's
-    roc.png, score_histograms.png, confusion_matrices.png   both models in each figure
+    roc.png, score_histograms.png, confusion_matrices.png, bin_errors.png   both models in each figure
 
 Errors a user can cause derive from `EvaluationError`; `run_evaluate` turns
 them into a message on stderr and exit status 2 (as every `asd-train` usage error).
@@ -71,6 +71,7 @@ ROC_FIGURE = "roc.png"
 HISTOGRAM_FIGURE = "score_histograms.png"
 BINS_FILE = "bins.csv"
 BIN_ERRORS_FILE = "bin_errors.npz"
+BINS_FIGURE = "bin_errors.png"
 CONFUSION_FIGURE = "confusion_matrices.png"
 
 
@@ -248,6 +249,20 @@ def write_dcase_csvs(scores: ModelScores, out_dir: Path) -> list[Path]:
     return written
 
 
+def _bin_profile(scores: ModelScores) -> dict[str, np.ndarray] | None:
+    """Per-clip bin errors, labels and bin centres of a model, or None when the scores lack them."""
+    id_scores = list(scores.ids.values())
+    if not id_scores or any(c.bin_errors is None for c in id_scores):
+        return None
+    n_mels = len(id_scores[0].bin_errors[0]) if id_scores[0].bin_errors else 0
+    centres = [np.nan] * n_mels if scores.bin_centres_hz is None else scores.bin_centres_hz
+    return {
+        "bin_errors": np.array([row for c in id_scores for row in c.bin_errors], dtype=np.float64),
+        "labels": np.array([label for c in id_scores for label in c.labels]),
+        "centre_hz": np.asarray(centres, dtype=np.float64),
+    }
+
+
 def write_bin_errors(scores: ModelScores, out_dir: Path) -> list[Path]:
     """``bins.csv`` (the error profile over mel bins) and ``bin_errors.npz`` (per clip); [] without them.
 
@@ -258,13 +273,12 @@ def write_bin_errors(scores: ModelScores, out_dir: Path) -> list[Path]:
     mean of its row of ``bin_errors.npz`` (arrays ``files``, ``ids``,
     ``labels``, ``bin_errors`` of shape (clips, mels), ``centre_hz``).
     """
-    id_scores = list(scores.ids.values())
-    if not id_scores or any(c.bin_errors is None for c in id_scores):
+    profile = _bin_profile(scores)
+    if profile is None:
         return []
-    errors = np.array([row for c in id_scores for row in c.bin_errors], dtype=np.float64)
-    labels = np.array([label for c in id_scores for label in c.labels])
+    errors, labels, centres = profile["bin_errors"], profile["labels"], profile["centre_hz"]
+    id_scores = list(scores.ids.values())
     n_mels = errors.shape[1]
-    centres = np.full(n_mels, np.nan) if scores.bin_centres_hz is None else np.asarray(scores.bin_centres_hz)
     normal, anomalous = errors[labels == 0], errors[labels == 1]
     header = ["bin", "centre_hz", "normal_error", "normal_sd", "anomaly_error", "separation"]
     rows: list[list[object]] = [header]
@@ -318,6 +332,9 @@ def write_report(
     written.append(plots.plot_score_histograms(per_model, thresholds, out / HISTOGRAM_FIGURE))
     counts = {s["model"]: s["ids"] for s in sections}
     written.append(plots.plot_confusion_matrices(counts, out / CONFUSION_FIGURE))
+    profiles = {m.model: _bin_profile(m) for m in models}
+    if all(p is not None for p in profiles.values()):
+        written.append(plots.plot_bin_errors(profiles, out / BINS_FIGURE))
     return written
 
 

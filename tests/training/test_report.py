@@ -110,7 +110,7 @@ def test_evaluate_writes_report_csvs_and_figures(setup, tmp_path, capsys):
         recomputed = detection_metrics(labels, [float(row[1]) for row in scores], 15.7)
         assert recomputed == on_disk["ids"][machine_id]
 
-    for figure in ("roc.png", "score_histograms.png", "confusion_matrices.png"):
+    for figure in ("roc.png", "score_histograms.png", "confusion_matrices.png", "bin_errors.png"):
         _assert_png(out / figure)
     assert not (out / "compare").exists()
 
@@ -128,7 +128,7 @@ def test_compare_puts_both_models_in_one_report(setup, tmp_path, capsys):
     assert _read_csv(out / "anomaly_score_slider_id_00.csv") != _read_csv(
         out / "compare" / "anomaly_score_slider_id_00.csv"
     )
-    for figure in ("roc.png", "score_histograms.png", "confusion_matrices.png"):
+    for figure in ("roc.png", "score_histograms.png", "confusion_matrices.png", "bin_errors.png"):
         _assert_png(out / figure)
 
     table = format_table(report)
