@@ -7,8 +7,10 @@ score is the reconstruction error (see `service.detector.Detector.score`).
   the kernel) -> ReLU -> MaxPooling2D 2x2; a dense bottleneck of a few
   units (Flatten -> Dense -> ReLU -> Dense -> ReLU -> Reshape);
   decoder blocks UpSampling2D 2x2 -> Conv2D 3x3 -> ReLU; a linear 3x3
-  Conv2D to one channel. Both n_mels and frames must be divisible by
-  2 ** len(filters), so the decoder restores the input shape exactly.
+  Conv2D to one channel. n_mels must be divisible by 2 ** len(filters);
+  along time a block pools by 2 only while more than one frame is left, so
+  frames is a multiple of 2 ** len(filters) or a smaller power of two, and
+  the decoder restores the input shape exactly.
 * `build_dense`: input (frames * n_mels,), the DCASE 2020 Task 2 baseline:
   Dense 128 x4 (BatchNorm + ReLU), Dense 8 (BatchNorm + ReLU), Dense 128 x4
   (BatchNorm + ReLU), linear Dense back to the input size.
@@ -42,18 +44,40 @@ class CaeConfig:
 
     @property
     def pooling(self) -> int:
-        """Total down-sampling factor along each axis: 2 per encoder block."""
+        """Down-sampling factor along the mel axis: 2 per encoder block."""
         return 2 ** len(self.filters)
+
+    def pools(self, frames: int) -> list[tuple[int, int]]:
+        """(mel, time) pool size of each encoder block: time pools by 2 while more than one frame is left.
+
+        Patches of 8 or more frames pool 2x2 in every block; shorter ones (4,
+        2, 1 frames) stop pooling along time once a single frame is left.
+        """
+        sizes, left = [], frames
+        for _ in self.filters:
+            if left > 1 and left % 2:
+                raise ModelConfigError(
+                    f"frames ({frames}) must be divisible by {self.pooling} or a smaller power of two "
+                    f"(time pools by 2 in each of the {len(self.filters)} encoder blocks while more than "
+                    "one frame is left), so the decoder can restore it"
+                )
+            step = 2 if left > 1 else 1
+            sizes.append((2, step))
+            left //= step
+        return sizes
 
     def check(self, *, n_mels: int, frames: int) -> None:
         """Raise `ModelConfigError` unless the decoder can restore (n_mels, frames) exactly."""
         if not self.filters or any(f <= 0 for f in self.filters) or self.bottleneck <= 0:
             raise ModelConfigError(f"CAE widths must be positive and at least one block, got {self}")
-        if n_mels % self.pooling or frames % self.pooling:
+        if frames <= 0:
+            raise ModelConfigError(f"frames must be positive, got {frames}")
+        if n_mels % self.pooling:
             raise ModelConfigError(
-                f"n_mels ({n_mels}) and frames ({frames}) must be divisible by the pooling factor "
+                f"n_mels ({n_mels}) must be divisible by the pooling factor "
                 f"{self.pooling} (2 per encoder block, {len(self.filters)} blocks)"
             )
+        self.pools(frames)
 
 
 @dataclass(frozen=True)
@@ -76,10 +100,11 @@ def build_cae(*, n_mels: int, frames: int, config: CaeConfig = CaeConfig()) -> k
     reg = regularizers.l2(config.l2) if config.l2 > 0 else None
     inputs = keras.Input(shape=(n_mels, frames, 1), name=INPUT_NAME)
     x = inputs
-    for i, width in enumerate(config.filters):
+    pools = config.pools(frames)
+    for i, (width, pool) in enumerate(zip(config.filters, pools)):
         x = layers.Conv2D(width, 3, padding="same", kernel_regularizer=reg, name=f"enc{i}_conv")(x)
         x = layers.ReLU(name=f"enc{i}_relu")(x)
-        x = layers.MaxPooling2D(2, name=f"enc{i}_pool")(x)
+        x = layers.MaxPooling2D(pool, name=f"enc{i}_pool")(x)
     # The bottleneck is what makes this an anomaly detector: the whole patch
     # must pass through a few numbers, so the network can only reproduce the
     # regularities of normal sound. A dense layer there also lets every mel
@@ -97,8 +122,8 @@ def build_cae(*, n_mels: int, frames: int, config: CaeConfig = CaeConfig()) -> k
     # cells. Convolving before up-sampling (cheaper, tried first) leaves the
     # output a 3x3 smoothing of 2x2 blocks: the fine spectral lines of normal
     # sound then stay unexplained and hide anomalies (models/README.md).
-    for i, width in enumerate(reversed(config.filters)):
-        x = layers.UpSampling2D(2, name=f"dec{i}_up")(x)
+    for i, (width, pool) in enumerate(zip(reversed(config.filters), reversed(pools))):
+        x = layers.UpSampling2D(pool, name=f"dec{i}_up")(x)
         x = layers.Conv2D(width, 3, padding="same", kernel_regularizer=reg, name=f"dec{i}_conv")(x)
         x = layers.ReLU(name=f"dec{i}_relu")(x)
     outputs = layers.Conv2D(1, 3, padding="same", name=OUTPUT_NAME)(x)
