@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping may end sooner)")
     fit.add_argument("--batch-size", type=int, default=None)
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--frames", type=int, default=None, help="patch width in frames (cae 8: a multiple of 8, or 1, 2, 4; dense 5)")
+    fit.add_argument("--frames", type=int, default=None,
+                     help="patch width in frames (cae 8: a multiple of 8, or 1, 2, 4; dense 5)")
     fit.add_argument("--patch-hop", type=int, default=None, help="frames between patches (cae 8, dense 1)")
     fit.add_argument("--val-fraction", type=_rate, default=0.1, help="clips per ID held out (at least 1)")
     fit.add_argument("--false-alarm-rate", type=_rate, default=None, help="target R; threshold quantile 1-R")
