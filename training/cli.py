@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from service.audio import AudioError, Channel
@@ -91,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--patience", type=int, default=5, help="epochs without val_loss gain before stopping")
     fit.add_argument("--learning-rate", type=float, default=1e-3)
     fit.add_argument("--filters", default=None, help="CAE encoder widths, e.g. 16,32,64")
-    fit.add_argument("--bottleneck", type=int, default=None, help="CAE code size (units of the dense bottleneck, default 16)")
+    fit.add_argument("--bottleneck", type=int, default=None,
+                     help="CAE code size (units of the dense bottleneck, default 16)")
+    fit.add_argument("--code-frames", type=int, default=None,
+                     help="CAE: time cells of the grid before the code; time pools only down to it (default 1)")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
 
@@ -150,9 +154,11 @@ def _fit(args: argparse.Namespace) -> None:
             filters = tuple(int(f) for f in args.filters.split(","))
         except ValueError:
             raise CliError(f"--filters takes comma-separated integers, got {args.filters!r}") from None
-        cae = CaeConfig(filters=filters, bottleneck=cae.bottleneck, l2=cae.l2)
-    if args.bottleneck:
-        cae = CaeConfig(filters=cae.filters, bottleneck=args.bottleneck, l2=cae.l2)
+        cae = replace(cae, filters=filters)
+    if args.bottleneck is not None:
+        cae = replace(cae, bottleneck=args.bottleneck)
+    if args.code_frames is not None:
+        cae = replace(cae, code_frames=args.code_frames)
     options = FitOptions(
         machine_type=args.machine_type,
         ids=args.ids,

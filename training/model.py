@@ -41,6 +41,9 @@ class CaeConfig:
     filters: tuple[int, ...] = (16, 32, 64)
     bottleneck: int = 16  # units of the dense code
     l2: float = 1e-4
+    # Time cells left on the grid before the code: the encoder pools along time
+    # only while more frames than this are left (see `pools`).
+    code_frames: int = 1
 
     @property
     def pooling(self) -> int:
@@ -48,20 +51,22 @@ class CaeConfig:
         return 2 ** len(self.filters)
 
     def pools(self, frames: int) -> list[tuple[int, int]]:
-        """(mel, time) pool size of each encoder block: time pools by 2 while more than one frame is left.
+        """(mel, time) pool size of each encoder block.
 
-        Patches of 8 or more frames pool 2x2 in every block; shorter ones (4,
-        2, 1 frames) stop pooling along time once a single frame is left.
+        The mel axis pools by 2 in every block; time pools by 2 while more
+        than `code_frames` frames are left. With one code frame, patches of 8
+        or more frames pool 2x2 in every block, and shorter ones (4, 2, 1)
+        stop pooling along time at a single frame.
         """
         sizes, left = [], frames
         for _ in self.filters:
-            if left > 1 and left % 2:
+            if left > self.code_frames and left % 2:
                 raise ModelConfigError(
                     f"frames ({frames}) must be divisible by {self.pooling} or a smaller power of two "
                     f"(time pools by 2 in each of the {len(self.filters)} encoder blocks while more than "
-                    "one frame is left), so the decoder can restore it"
+                    f"{self.code_frames} frame(s) are left), so the decoder can restore it"
                 )
-            step = 2 if left > 1 else 1
+            step = 2 if left > self.code_frames else 1
             sizes.append((2, step))
             left //= step
         return sizes
@@ -70,8 +75,8 @@ class CaeConfig:
         """Raise `ModelConfigError` unless the decoder can restore (n_mels, frames) exactly."""
         if not self.filters or any(f <= 0 for f in self.filters) or self.bottleneck <= 0:
             raise ModelConfigError(f"CAE widths must be positive and at least one block, got {self}")
-        if frames <= 0:
-            raise ModelConfigError(f"frames must be positive, got {frames}")
+        if frames <= 0 or self.code_frames <= 0:
+            raise ModelConfigError(f"frames and code frames must be positive, got {frames}, {self.code_frames}")
         if n_mels % self.pooling:
             raise ModelConfigError(
                 f"n_mels ({n_mels}) must be divisible by the pooling factor "

@@ -424,5 +424,6 @@ def _arch_options(options: FitOptions) -> dict[str, object]:
         "channel": options.channel,
     }
     if options.arch == "cae":
-        common.update(filters=list(options.cae.filters), bottleneck=options.cae.bottleneck, l2=options.cae.l2)
+        cae = options.cae
+        common.update(filters=list(cae.filters), bottleneck=cae.bottleneck, l2=cae.l2, code_frames=cae.code_frames)
     return common

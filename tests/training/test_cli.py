@@ -50,6 +50,9 @@ def test_frames_not_divisible_by_pooling(tmp_path: Path, capsys: pytest.CaptureF
     for i in range(40):
         write_tone(tmp_path / f"normal_id_00_{i:08d}.wav", seconds=1.5)
     _fails_cleanly(capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "12"], "divisible")
+    out = ["fit", str(tmp_path), "--out", str(tmp_path / "m")]
+    _fails_cleanly(capsys, [*out, "--code-frames", "0"], "must be positive")
+    _fails_cleanly(capsys, [*out, "--bottleneck", "0"], "must be positive")
 
 
 def test_diverging_training_is_an_error_and_writes_no_model(

@@ -32,5 +32,22 @@ def test_frames_the_decoder_cannot_restore_are_refused(frames):
 def test_mels_must_divide_by_the_pooling():
     with pytest.raises(ModelConfigError, match=r"n_mels \(36\) must be divisible by .*8"):
         SMALL.check(n_mels=36, frames=8)
-    with pytest.raises(ModelConfigError, match="frames must be positive"):
+    with pytest.raises(ModelConfigError, match="must be positive"):
         SMALL.check(n_mels=32, frames=0)
+
+
+@pytest.mark.parametrize(
+    ("frames", "code_frames", "time_pools"),
+    [(8, 2, [2, 2, 1]), (8, 4, [2, 1, 1]), (8, 8, [1, 1, 1]), (4, 2, [2, 1, 1]), (16, 2, [2, 2, 2])],
+)
+def test_code_frames_stop_time_pooling(frames, code_frames, time_pools):
+    config = CaeConfig(filters=(4, 8, 8), bottleneck=4, code_frames=code_frames)
+    assert config.pools(frames) == [(2, t) for t in time_pools]
+    model = build_cae(n_mels=32, frames=frames, config=config)
+    assert tuple(model.output_shape) == (None, 32, frames, 1)
+    assert model.get_layer("unflatten").output.shape[2] == frames // int(np.prod(time_pools))
+
+
+def test_code_frames_must_be_positive():
+    with pytest.raises(ModelConfigError, match="must be positive"):
+        CaeConfig(code_frames=0).check(n_mels=128, frames=8)
