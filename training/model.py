@@ -76,7 +76,9 @@ class CaeConfig:
         if not self.filters or any(f <= 0 for f in self.filters) or self.bottleneck <= 0:
             raise ModelConfigError(f"CAE widths must be positive and at least one block, got {self}")
         if frames <= 0 or self.code_frames <= 0:
-            raise ModelConfigError(f"frames and code frames must be positive, got {frames}, {self.code_frames}")
+            raise ModelConfigError(
+                f"frames and code frames must be positive, got {frames} and {self.code_frames}"
+            )
         if n_mels % self.pooling:
             raise ModelConfigError(
                 f"n_mels ({n_mels}) must be divisible by the pooling factor "

@@ -425,5 +425,7 @@ def _arch_options(options: FitOptions) -> dict[str, object]:
     }
     if options.arch == "cae":
         cae = options.cae
-        common.update(filters=list(cae.filters), bottleneck=cae.bottleneck, l2=cae.l2, code_frames=cae.code_frames)
+        common.update(
+            filters=list(cae.filters), bottleneck=cae.bottleneck, l2=cae.l2, code_frames=cae.code_frames
+        )
     return common
