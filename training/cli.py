@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--bottleneck", type=int, default=None,
                      help="CAE code size (units of the dense bottleneck, default 16)")
     fit.add_argument("--code-frames", type=int, default=None,
-                     help="CAE: time cells left before the code; time pools only down to them (default 1)")
+                     help="CAE: time cells left before the code; time pools only down to them (default 2)")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
 
