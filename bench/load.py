@@ -233,6 +233,8 @@ class LoadResult:
     latencies_ms: list[float] = field(repr=False)
     server_cpu_ms: float = float("nan")  # CPU time of the worker processes per answered request
     client_cpu_ms: float = float("nan")  # CPU time of the load generator (this process) per request
+    # Each worker's share of that server CPU, in worker order: how evenly the kernel spread the connections.
+    worker_cpu_shares: list[float] = field(default_factory=list)
 
     @property
     def throughput(self) -> float:
@@ -306,18 +308,21 @@ class LoadGenerator:
         self.sent = 0
 
     def run(self, *, concurrency: int, requests: int) -> LoadResult:
-        server_before = sum(_cpu_seconds(pid) for pid in self.server_pids)
+        server_before = [_cpu_seconds(pid) for pid in self.server_pids]
         client_before = time.process_time()
         result = asyncio.run(
             _run_load(self.url, self.bodies, self.content_type, concurrency=concurrency, requests=requests,
                       path=self.path, timeout=self.timeout)
         )
         client = time.process_time() - client_before
-        server = sum(_cpu_seconds(pid) for pid in self.server_pids) - server_before
+        per_worker = [_cpu_seconds(pid) - before for pid, before in zip(self.server_pids, server_before)]
+        server = sum(per_worker)
         if result.ok:
             result.client_cpu_ms = client * 1000 / requests
             if self.server_pids:
                 result.server_cpu_ms = server * 1000 / result.ok
+        if server > 0:
+            result.worker_cpu_shares = [w / server for w in per_worker]
         self.sent += requests
         return result
 

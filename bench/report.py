@@ -31,6 +31,21 @@ def ratio(results: Results, stage: str) -> float:
     return naive / ours if ours > 0 else float("nan")
 
 
+def _split(row) -> str:
+    """Each worker's part of the server CPU of a run, e.g. "51 / 49 %"; "" for one worker or no data."""
+    shares = getattr(row, "worker_cpu_shares", None) or []
+    return " / ".join(f"{100 * share:.0f}" for share in shares) + " %" if len(shares) > 1 else ""
+
+
+def _share_cause(row) -> str:
+    """Why a run got less than the whole machine, as far as the workers' CPU split tells."""
+    shares = getattr(row, "worker_cpu_shares", None) or []
+    if len(shares) > 1 and max(shares) > 0.75:
+        return (f"one worker did {100 * max(shares):.0f} % of the server's work: the connections "
+                "were not spread over the workers")
+    return "the rest went to other processes"
+
+
 def cpu_share(row, cores: int) -> float:
     """Fraction of all cores' time that the server and the client used during a load run."""
     used_ms = (row.server_cpu_ms + row.client_cpu_ms) * row.ok
@@ -104,7 +119,7 @@ def missed_notes(results: Results, cores: int) -> list[str]:
         notes.append(
             f"- HTTP, 2 workers, concurrency 8: {row.throughput:.1f} clips/s, p99 {row.p99:.0f} ms. Each request cost "
             f"{row.server_cpu_ms:.1f} ms of server CPU and {row.client_cpu_ms:.1f} ms of client CPU; the run got "
-            f"{100 * cpu_share(row, cores):.0f} % of the machine's CPU (the rest went to other jobs), and with all "
+            f"{100 * cpu_share(row, cores):.0f} % of the machine's CPU ({_share_cause(row)}), and with all "
             f"{cores} cores those costs would allow about {capacity(row, cores):.0f} clips/s. Latency at concurrency 8 "
             "is queueing: 8 requests share 2 single-threaded workers."
         )
@@ -304,8 +319,8 @@ def render(results: Results, *, quick: bool = False) -> str:
         out += [
             "## HTTP: `asd-serve` on loopback",
             "",
-            "| workers | ORT threads / scoring slots per worker | concurrency | requests | clips/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms / request | client CPU ms / request | share of the machine's CPU the run got | clips/s that CPU cost allows on all cores |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| workers | ORT threads / scoring slots per worker | concurrency | requests | clips/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms / request | client CPU ms / request | share of the machine's CPU the run got | clips/s that CPU cost allows on all cores | each worker's part of the server CPU |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         settings = {s.workers: s.settings for s in results.servers}
         for row in results.http:
@@ -315,7 +330,7 @@ def render(results: Results, *, quick: bool = False) -> str:
                 f"| {row.workers} | {st.get('intra_op_threads', '?')} / {st.get('scoring_concurrency', '?')} | "
                 f"{row.concurrency} | {row.requests} | {_f(row.throughput)} | {_f(row.p50)} | {_f(row.p95)} | "
                 f"{_f(row.p99)} | {row.errors}{kinds} | {_f(row.server_cpu_ms)} | {_f(row.client_cpu_ms)} | "
-                f"{_f(100 * cpu_share(row, cores), 0)} % | {_f(capacity(row, cores), 0)} |"
+                f"{_f(100 * cpu_share(row, cores), 0)} % | {_f(capacity(row, cores), 0)} | {_split(row)} |"
             )
         out += [
             "",
@@ -323,9 +338,11 @@ def render(results: Results, *, quick: bool = False) -> str:
             "client runs on the same cores as the server and takes part of them. CPU per request is the",
             "workers' user + system time (/proc/<pid>/stat) and the load generator's own process time,",
             "divided by the requests: what a request costs, whatever else the machine was doing. The share",
-            "is (server + client CPU) / (wall time x cores): below 100 % the other jobs on the machine had",
-            "the rest. The last column is cores x 1000 / (server + client CPU ms per request): the rate",
-            "those costs allow with the whole machine to themselves, an upper bound, not a measurement.",
+            "is (server + client CPU) / (wall time x cores): below 100 % either other jobs on the machine",
+            "had the rest, or workers idled: the last column shows each worker's part of the server CPU (a",
+            "worker that accepts a burst of new connections keeps them all). The column before it is",
+            "cores x 1000 / (server + client CPU ms per request): the rate those costs allow with the whole",
+            "machine to themselves, an upper bound, not a measurement.",
             "",
         ]
     if results.servers:

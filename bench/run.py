@@ -95,6 +95,7 @@ class HttpRow:
     seconds: float
     server_cpu_ms: float = float("nan")  # per request, all worker processes
     client_cpu_ms: float = float("nan")  # per request, the load generator
+    worker_cpu_shares: list[float] = field(default_factory=list)  # each worker's part of the server CPU
 
 
 @dataclass
@@ -323,6 +324,7 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
                         seconds=outcome.elapsed_s,
                         server_cpu_ms=outcome.server_cpu_ms,
                         client_cpu_ms=outcome.client_cpu_ms,
+                        worker_cpu_shares=outcome.worker_cpu_shares,
                     )
                 )
                 log(

@@ -34,3 +34,18 @@ def test_quota_caps_the_cores_and_so_the_threads(monkeypatch):
     assert Settings(workers=2).intra_op_threads == 1
     monkeypatch.setattr(config, "cgroup_cpu_quota", lambda: None)
     assert available_cores() == 16
+
+
+def test_worker_split_names_an_idle_worker():
+    """The HTTP table shows each worker's part of the server CPU, and the note blames an
+    uneven spread of connections, not other jobs, when one worker did most of the work."""
+    from types import SimpleNamespace
+
+    from bench.report import _share_cause, _split
+
+    even = SimpleNamespace(worker_cpu_shares=[0.46, 0.54])
+    lopsided = SimpleNamespace(worker_cpu_shares=[1.0, 0.0])
+    single = SimpleNamespace(worker_cpu_shares=[1.0])
+    assert _split(even) == "46 / 54 %" and _split(lopsided) == "100 / 0 %" and _split(single) == ""
+    assert "other processes" in _share_cause(even)
+    assert "one worker did 100 %" in _share_cause(lopsided)
