@@ -250,21 +250,26 @@ def write_dcase_csvs(scores: ModelScores, out_dir: Path) -> list[Path]:
 
 
 def _bin_profile(scores: ModelScores) -> dict[str, np.ndarray] | None:
-    """Per-clip bin errors, labels and bin centres of a model, or None when the scores lack them."""
+    """A model's per-clip bin errors with the clips' names, IDs and labels and the bins' centres.
+
+    These are the arrays of ``bin_errors.npz``; None when the scores lack bin errors.
+    """
     id_scores = list(scores.ids.values())
     if not id_scores or any(c.bin_errors is None for c in id_scores):
         return None
-    n_mels = len(id_scores[0].bin_errors[0]) if id_scores[0].bin_errors else 0
-    centres = [np.nan] * n_mels if scores.bin_centres_hz is None else scores.bin_centres_hz
+    errors = np.array([row for c in id_scores for row in c.bin_errors], dtype=np.float64)
+    centres = [np.nan] * errors.shape[1] if scores.bin_centres_hz is None else scores.bin_centres_hz
     return {
-        "bin_errors": np.array([row for c in id_scores for row in c.bin_errors], dtype=np.float64),
+        "files": np.array([Path(f).name for c in id_scores for f in c.files]),
+        "ids": np.array([mid for mid, c in scores.ids.items() for _ in c.files]),
         "labels": np.array([label for c in id_scores for label in c.labels]),
+        "bin_errors": errors,
         "centre_hz": np.asarray(centres, dtype=np.float64),
     }
 
 
-def write_bin_errors(scores: ModelScores, out_dir: Path) -> list[Path]:
-    """``bins.csv`` (the error profile over mel bins) and ``bin_errors.npz`` (per clip); [] without them.
+def write_bin_errors(profile: Mapping[str, np.ndarray], out_dir: Path) -> list[Path]:
+    """``bins.csv`` (the error profile over mel bins) and ``bin_errors.npz`` (per clip) of `_bin_profile`.
 
     ``bins.csv`` has one row per mel bin: its centre frequency, the mean and
     standard deviation over the normal test clips of the clip's squared
@@ -273,17 +278,12 @@ def write_bin_errors(scores: ModelScores, out_dir: Path) -> list[Path]:
     mean of its row of ``bin_errors.npz`` (arrays ``files``, ``ids``,
     ``labels``, ``bin_errors`` of shape (clips, mels), ``centre_hz``).
     """
-    profile = _bin_profile(scores)
-    if profile is None:
-        return []
     errors, labels, centres = profile["bin_errors"], profile["labels"], profile["centre_hz"]
-    id_scores = list(scores.ids.values())
-    n_mels = errors.shape[1]
     normal, anomalous = errors[labels == 0], errors[labels == 1]
     header = ["bin", "centre_hz", "normal_error", "normal_sd", "anomaly_error", "separation"]
     rows: list[list[object]] = [header]
     nan = float("nan")
-    for b in range(n_mels):
+    for b in range(errors.shape[1]):
         mean, sd = (float(normal[:, b].mean()), float(normal[:, b].std())) if len(normal) else (nan, nan)
         excess = float(anomalous[:, b].mean()) if len(anomalous) else nan
         separation = (excess - mean) / sd if sd > 0 else nan
@@ -292,14 +292,7 @@ def write_bin_errors(scores: ModelScores, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = _write_csv(out_dir / BINS_FILE, rows)
     arrays = out_dir / BIN_ERRORS_FILE
-    np.savez_compressed(
-        arrays,
-        files=np.array([Path(f).name for c in id_scores for f in c.files]),
-        ids=np.array([mid for mid, c in scores.ids.items() for _ in c.files]),
-        labels=labels,
-        bin_errors=errors,
-        centre_hz=centres,
-    )
+    np.savez_compressed(arrays, **profile)
     return [table, arrays]
 
 
@@ -322,9 +315,13 @@ def write_report(
     report_path = out / REPORT_FILE
     report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     written = [report_path]
+    profiles = {m.model: _bin_profile(m) for m in models}
     for index, scores in enumerate(models):
-        written += write_dcase_csvs(scores, out if index == 0 else out / COMPARE_DIR)
-        written += write_bin_errors(scores, out if index == 0 else out / COMPARE_DIR)
+        folder = out if index == 0 else out / COMPARE_DIR
+        written += write_dcase_csvs(scores, folder)
+        profile = profiles[scores.model]
+        if profile is not None:
+            written += write_bin_errors(profile, folder)
 
     per_model = {m.model: {mid: (c.labels, c.scores) for mid, c in m.ids.items()} for m in models}
     thresholds = {m.model: m.threshold for m in models}
@@ -332,7 +329,6 @@ def write_report(
     written.append(plots.plot_score_histograms(per_model, thresholds, out / HISTOGRAM_FIGURE))
     counts = {s["model"]: s["ids"] for s in sections}
     written.append(plots.plot_confusion_matrices(counts, out / CONFUSION_FIGURE))
-    profiles = {m.model: _bin_profile(m) for m in models}
     if all(p is not None for p in profiles.values()):
         written.append(plots.plot_bin_errors(profiles, out / BINS_FIGURE))
     return written
