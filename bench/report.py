@@ -33,13 +33,13 @@ def ratio(results: Results, stage: str) -> float:
 
 def _split(row) -> str:
     """Each worker's part of the server CPU of a run, e.g. "51 / 49 %"; "" for one worker or no data."""
-    shares = getattr(row, "worker_cpu_shares", None) or []
+    shares = row.worker_cpu_shares
     return " / ".join(f"{100 * share:.0f}" for share in shares) + " %" if len(shares) > 1 else ""
 
 
 def _share_cause(row) -> str:
     """Why a run got less than the whole machine, as far as the workers' CPU split tells."""
-    shares = getattr(row, "worker_cpu_shares", None) or []
+    shares = row.worker_cpu_shares
     if len(shares) > 1 and max(shares) > 0.75:
         return (f"one worker did {100 * max(shares):.0f} % of the server's work: the connections "
                 "were not spread over the workers")
