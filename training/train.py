@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -424,8 +424,5 @@ def _arch_options(options: FitOptions) -> dict[str, object]:
         "channel": options.channel,
     }
     if options.arch == "cae":
-        cae = options.cae
-        common.update(
-            filters=list(cae.filters), bottleneck=cae.bottleneck, l2=cae.l2, code_frames=cae.code_frames
-        )
+        common.update(asdict(options.cae), filters=list(options.cae.filters))
     return common
