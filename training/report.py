@@ -31,6 +31,13 @@ Files written to the output folder::
     bins.csv, bin_errors.npz            the error per mel bin (see `write_bin_errors`)
     compare/bins.csv, compare/bin_errors.npz                the second model's
     roc.png, score_histograms.png, confusion_matrices.png, bin_errors.png   both models in each figure
+    kinds.csv, compare/kinds.csv        AUC per fault kind, when the test folder has anomaly_kinds.csv
+
+A test folder written by `training.synth` names each anomalous clip's fault
+in ``anomaly_kinds.csv`` (``file,machine_id,kind,severity``). Then every
+section of the report also has ``"kinds"``: per ID and fault kind, the AUC
+of that kind's clips against all normal clips of the ID, and the mean over
+IDs (`kind_aucs`); the table gets a second part with them.
 
 Errors a user can cause derive from `EvaluationError`; `run_evaluate` turns
 them into a message on stderr and exit status 2 (as every `asd-train` usage error).
@@ -50,6 +57,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from service.audio import AudioError, Channel, read_audio
@@ -72,6 +80,9 @@ HISTOGRAM_FIGURE = "score_histograms.png"
 BINS_FILE = "bins.csv"
 BIN_ERRORS_FILE = "bin_errors.npz"
 BINS_FIGURE = "bin_errors.png"
+KINDS_FILE = "kinds.csv"
+# Written by training.synth beside its test clips: file,machine_id,kind,severity.
+ANOMALY_KINDS_FILE = "anomaly_kinds.csv"
 CONFUSION_FIGURE = "confusion_matrices.png"
 
 
@@ -159,6 +170,51 @@ def _model_section(scores: ModelScores, *, max_fpr: float) -> dict:
     }
 
 
+def read_anomaly_kinds(test_dir: Path) -> dict[str, str]:
+    """File name -> fault kind from the folder's ``anomaly_kinds.csv``; {} when there is none.
+
+    Raises EvaluationError for a file without the ``file`` and ``kind`` columns.
+    """
+    path = Path(test_dir) / ANOMALY_KINDS_FILE
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not {"file", "kind"} <= set(reader.fieldnames or ()):
+            raise EvaluationError(
+                f"{path}: needs a header with the columns file and kind, got {reader.fieldnames}; "
+                f"fix or remove it (it only adds the AUC per fault kind)"
+            )
+        return {row["file"]: row["kind"] for row in reader if row["file"] and row["kind"]}
+
+
+def kind_aucs(scores: ModelScores, kinds: Mapping[str, str]) -> dict:
+    """AUC of each fault kind's clips against all normal clips of their ID.
+
+    `kinds` maps a clip's file name to its kind (`read_anomaly_kinds`);
+    anomalous clips it does not list count as ``"unlisted"``. Returns
+    ``{"ids": {id: {kind: {"auc": .., "n_anomaly": ..}}}, "mean": {kind: auc}}``,
+    the mean over the IDs that have clips of the kind.
+    """
+    per_id: dict[str, dict[str, dict]] = {}
+    for machine_id, clips in scores.ids.items():
+        normal = [s for s, label in zip(clips.scores, clips.labels) if label == 0]
+        by_kind: dict[str, list[float]] = {}
+        for name, score, label in zip(clips.files, clips.scores, clips.labels):
+            if label == 1:
+                by_kind.setdefault(kinds.get(Path(name).name, "unlisted"), []).append(score)
+        per_id[machine_id] = {
+            kind: {
+                "auc": float(roc_auc_score([0] * len(normal) + [1] * len(values), normal + values)),
+                "n_anomaly": len(values),
+            }
+            for kind, values in sorted(by_kind.items())
+        }
+    names = sorted({kind for row in per_id.values() for kind in row})
+    mean = {k: float(np.mean([row[k]["auc"] for row in per_id.values() if k in row])) for k in names}
+    return {"ids": per_id, "mean": mean}
+
+
 def build_report(
     primary: ModelScores, compare: ModelScores | None = None, *, max_fpr: float = MAX_FPR
 ) -> dict:
@@ -219,7 +275,31 @@ def format_table(report: Mapping) -> str:
     lines += [line(row) for row in rows[: len(rows) - len(sections)]]
     lines += [rule] + [line(row) for row in rows[len(rows) - len(sections):]]
     lines.append("(mean rows: metrics averaged over IDs, counts summed)")
+    if all("kinds" in section for section in sections):
+        lines += ["", *_kinds_table(sections)]
     return "\n".join(lines)
+
+
+def _kinds_table(sections: Sequence[Mapping]) -> list[str]:
+    kinds = sorted({k for section in sections for k in section["kinds"]["mean"]})
+    header = ["ID", "model", *kinds]
+    rows = []
+    ids = sorted({mid for section in sections for mid in section["kinds"]["ids"]})
+    for machine_id in [*ids, "mean"]:
+        for section in sections:
+            if machine_id == "mean":
+                aucs = section["kinds"]["mean"]
+            elif machine_id in section["kinds"]["ids"]:
+                aucs = {k: v["auc"] for k, v in section["kinds"]["ids"][machine_id].items()}
+            else:
+                continue
+            rows.append([machine_id, section["model"], *(f"{aucs[k]:.3f}" if k in aucs else "-" for k in kinds)])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    title = f"AUC per fault kind (its clips against all normal clips of the ID; {ANOMALY_KINDS_FILE})"
+    return [title] + [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in [header, *rows]
+    ]
 
 
 def print_table(report: Mapping, *, file: TextIO | None = None) -> None:
@@ -322,6 +402,8 @@ def write_report(
         profile = profiles[scores.model]
         if profile is not None:
             written += write_bin_errors(profile, folder)
+        if "kinds" in sections[index]:
+            written.append(write_kinds_csv(sections[index]["kinds"], folder))
 
     per_model = {m.model: {mid: (c.labels, c.scores) for mid, c in m.ids.items()} for m in models}
     thresholds = {m.model: m.threshold for m in models}
@@ -332,6 +414,17 @@ def write_report(
     if all(p is not None for p in profiles.values()):
         written.append(plots.plot_bin_errors(profiles, out / BINS_FIGURE))
     return written
+
+
+def write_kinds_csv(kinds: Mapping, out_dir: Path) -> Path:
+    """``kinds.csv``: machine_id,kind,n_anomaly,auc per row (with a header), then mean rows (n_anomaly summed)."""
+    rows: list[list[object]] = [["machine_id", "kind", "n_anomaly", "auc"]]
+    for machine_id, per_kind in kinds["ids"].items():
+        rows += [[machine_id, kind, v["n_anomaly"], f"{v['auc']:.6f}"] for kind, v in per_kind.items()]
+    for kind, auc in kinds["mean"].items():
+        total = sum(row[kind]["n_anomaly"] for row in kinds["ids"].values() if kind in row)
+        rows.append(["mean", kind, total, f"{auc:.6f}"])
+    return _write_csv(Path(out_dir) / KINDS_FILE, rows)
 
 
 def find_test_clips(data_root: str | Path, machine_type: str) -> dict[str, list[tuple[Path, int]]]:
@@ -525,6 +618,10 @@ def evaluate_model(
         names.append(_distinct_name(detectors[1].name, names[0]))
     results = score_clips(detectors, clips, channel=channel, progress=progress, names=names, workers=workers)
     report = build_report(results[0], results[1] if len(results) > 1 else None)
+    kinds = read_anomaly_kinds(next(iter(clips.values()))[0][0].parent)
+    if kinds:
+        for section, scores in zip(_sections(report), results):
+            section["kinds"] = kind_aucs(scores, kinds)
     if out is not None:
         write_report(report, results, out)
     return report

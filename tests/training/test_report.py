@@ -307,3 +307,58 @@ def test_bin_errors_locate_the_anomalous_tone(setup, tmp_path):
         assert [float(r[2]) for r in table[1:]] == pytest.approx(normal.mean(axis=0), rel=1e-5)
         separation = np.array([float(r[5]) for r in table[1:]])
         assert separation.max() > 3  # the tones stand far out of the normal clips' spread
+
+
+def _with_kinds(setup, tmp_path, text: str) -> Path:
+    """A copy of the test set with `text` as its anomaly_kinds.csv."""
+    data = tmp_path / "kinds-data"
+    shutil.copytree(setup["data"], data)
+    (data / "slider" / "test" / "anomaly_kinds.csv").write_text(text, encoding="utf-8")
+    return data
+
+
+def test_auc_per_fault_kind_from_anomaly_kinds_csv(setup, tmp_path, capsys):
+    # Clip 0 of each ID is the barely audible tone, clips 1 and 2 the loud ones
+    # (tiny_detector.write_test_set); clip 2 of ID 02 is left out of the file.
+    rows = ["file,machine_id,kind,severity"]
+    for machine_id in ("00", "02"):
+        rows.append(f"anomaly_id_{machine_id}_00000000.wav,{machine_id},faint,0.1")
+        rows.append(f"anomaly_id_{machine_id}_00000001.wav,{machine_id},loud,0.9")
+    rows.append("anomaly_id_00_00000002.wav,00,loud,0.9")
+    data = _with_kinds(setup, tmp_path, "\n".join(rows) + "\n")
+    out = tmp_path / "kinds"
+    report = evaluate_model(setup["cae"], data, out=out, compare=setup["dense"], progress=False)
+    for section, folder in ((report, out), (report["compare"], out / "compare")):
+        kinds = section["kinds"]
+        assert set(kinds["ids"]["00"]) == {"faint", "loud"}
+        assert set(kinds["ids"]["02"]) == {"faint", "loud", "unlisted"}
+        assert kinds["ids"]["00"]["loud"]["n_anomaly"] == 2 and kinds["ids"]["02"]["loud"]["n_anomaly"] == 1
+        for machine_id, per_kind in kinds["ids"].items():
+            scored = dict(_read_csv(folder / f"anomaly_score_slider_id_{machine_id}.csv"))
+            normal = [float(v) for name, v in scored.items() if name.startswith("normal")]
+            faint = float(scored[f"anomaly_id_{machine_id}_00000000.wav"])
+            # Each kind's AUC ranks only its own clips against the ID's normal clips.
+            assert per_kind["faint"]["auc"] == pytest.approx(np.mean([faint > n for n in normal]))
+            loud = [float(scored[f"anomaly_id_{machine_id}_0000000{i}.wav"]) for i in (1, 2)]
+            loud = loud[:2] if machine_id == "00" else loud[:1]
+            assert per_kind["loud"]["auc"] == pytest.approx(np.mean([a > n for a in loud for n in normal]))
+        assert kinds["mean"]["loud"] == pytest.approx(
+            (kinds["ids"]["00"]["loud"]["auc"] + kinds["ids"]["02"]["loud"]["auc"]) / 2
+        )
+        assert kinds["mean"]["unlisted"] == pytest.approx(kinds["ids"]["02"]["unlisted"]["auc"])
+        table = _read_csv(folder / "kinds.csv")
+        assert table[0] == ["machine_id", "kind", "n_anomaly", "auc"]
+        assert ["mean", "loud", "3", f"{kinds['mean']['loud']:.6f}"] in table
+        assert len(table) == 1 + 5 + 3
+    assert json.loads((out / "report.json").read_text()) == report
+    printed = format_table(report)
+    assert "AUC per fault kind" in printed
+    assert re.search(r"^mean\s+slider-cae\s+\d\.\d{3}\s+\d\.\d{3}\s+\d\.\d{3}$", printed, flags=re.MULTILINE)
+
+
+def test_a_broken_anomaly_kinds_csv_is_a_clear_error(setup, tmp_path, capsys):
+    data = _with_kinds(setup, tmp_path, "name;fault\nanomaly_id_00_00000000.wav;dent\n")
+    with pytest.raises(EvaluationError, match="anomaly_kinds.csv: needs a header with the columns file and kind"):
+        evaluate_model(setup["cae"], data, progress=False)
+    assert run_evaluate(_parse([str(setup["cae"]), str(data), "--out", str(tmp_path / "o"), "--no-progress"])) == 2
+    assert "fix or remove it" in capsys.readouterr().err
