@@ -53,7 +53,7 @@ def test_normalisation_matches_the_readme_data(name: str, fresh_root: Path) -> N
     specs = [log_mel(read_audio(f.path, sample_rate=detector.params.sample_rate).samples, detector.params) for f in files]
     level = np.concatenate(specs, axis=1).mean(axis=1)
     offset = level - np.asarray(detector.bundle.normalization.mean)
-    # 24 clips estimate each bin's mean to a few tenths of a dB; stale models were 3.9 dB off.
+    # Measured in stop 12: a median of 0.10 dB for the refitted models, 3.99 dB for the stale ones.
     assert np.median(np.abs(offset)) < 1.0, f"median |offset| {np.median(np.abs(offset)):.2f} dB"
 
 
@@ -65,6 +65,7 @@ def test_fresh_normal_clips_are_mostly_normal_and_anomalies_rank_higher(name: st
     scores = np.array(score_files(model_dir, [f.path for f in files], detector=detector))
     anomalous = np.array([f.label == "anomaly" for f in files])
     false_alarm_rate = float(np.mean(scores[~anomalous] > detector.threshold))
-    # The threshold is the gamma fit's 0.9 quantile: about 4 of these 40 clips.
+    # The threshold is the gamma fit's 0.9 quantile: about 4 of these 40 clips. Measured in
+    # stop 12: 6 (CAE) and 8 (dense) of 40, AUC 0.941 and 0.849; the stale models flagged all 40.
     assert false_alarm_rate <= 0.25, f"{false_alarm_rate:.0%} of fresh normal clips flagged"
     assert roc_auc_score(anomalous, scores) > 0.8
