@@ -72,6 +72,7 @@ from training.metrics import (
     mean_metrics,
     total_counts,
 )
+from training.synth import ANOMALY_KINDS_FILE
 
 REPORT_FILE = "report.json"
 COMPARE_DIR = "compare"
@@ -81,8 +82,6 @@ BINS_FILE = "bins.csv"
 BIN_ERRORS_FILE = "bin_errors.npz"
 BINS_FIGURE = "bin_errors.png"
 KINDS_FILE = "kinds.csv"
-# Written by training.synth beside its test clips: file,machine_id,kind,severity.
-ANOMALY_KINDS_FILE = "anomaly_kinds.csv"
 CONFUSION_FIGURE = "confusion_matrices.png"
 
 
@@ -260,20 +259,16 @@ def format_table(report: Mapping) -> str:
         rows.append(["mean", section["model"], *metric_cells(section["mean"]),
                      *(str(total[k]) for k in ("tp", "fp", "tn", "fn"))])
 
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        # Text columns left-aligned, numbers right-aligned.
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    header_line, *row_lines = _aligned([header, *rows])
 
     n_clips = sum(m["n_normal"] + m["n_anomaly"] for m in report["ids"].values())
     lines = [f"machine type {report['machine_type']}: {len(report['ids'])} ID(s), {n_clips} test clips; "
              f"pAUC with max FPR {MAX_FPR:g}; anomalous when score > threshold"]
     lines += [f"threshold of {s['model']}: {s['threshold']:.6g}" for s in sections]
-    rule = "-" * len(line(header))
-    lines += [rule, line(header), rule]
-    lines += [line(row) for row in rows[: len(rows) - len(sections)]]
-    lines += [rule] + [line(row) for row in rows[len(rows) - len(sections):]]
+    rule = "-" * len(header_line)
+    lines += [rule, header_line, rule]
+    lines += row_lines[: len(rows) - len(sections)]
+    lines += [rule] + row_lines[len(rows) - len(sections):]
     lines.append("(mean rows: metrics averaged over IDs, counts summed)")
     if all("kinds" in section for section in sections):
         lines += ["", *_kinds_table(sections)]
@@ -293,13 +288,17 @@ def _kinds_table(sections: Sequence[Mapping]) -> list[str]:
                 aucs = {k: v["auc"] for k, v in section["kinds"]["ids"][machine_id].items()}
             else:
                 continue
-            rows.append([machine_id, section["model"], *(f"{aucs[k]:.3f}" if k in aucs else "-" for k in kinds)])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+            cells = [f"{aucs[k]:.3f}" if k in aucs else "-" for k in kinds]
+            rows.append([machine_id, section["model"], *cells])
     title = f"AUC per fault kind (its clips against all normal clips of the ID; {ANOMALY_KINDS_FILE})"
-    return [title] + [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        for row in [header, *rows]
-    ]
+    return [title, *_aligned([header, *rows])]
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines: the first two (text) columns left-aligned, the numbers right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            for row in rows]
 
 
 def print_table(report: Mapping, *, file: TextIO | None = None) -> None:
@@ -417,7 +416,7 @@ def write_report(
 
 
 def write_kinds_csv(kinds: Mapping, out_dir: Path) -> Path:
-    """``kinds.csv``: machine_id,kind,n_anomaly,auc per row (with a header), then mean rows (n_anomaly summed)."""
+    """``kinds.csv``: a header, machine_id,kind,n_anomaly,auc per row, then mean rows (n_anomaly summed)."""
     rows: list[list[object]] = [["machine_id", "kind", "n_anomaly", "auc"]]
     for machine_id, per_kind in kinds["ids"].items():
         rows += [[machine_id, kind, v["n_anomaly"], f"{v['auc']:.6f}"] for kind, v in per_kind.items()]

@@ -74,6 +74,8 @@ _TARGET_RMS = 0.0316
 _TABLE_BITS = 12
 _TABLE_SIZE = 1 << _TABLE_BITS
 _CALIBRATION_SECONDS = 10.0
+# Beside the test clips: file,machine_id,kind,severity of each anomalous clip.
+ANOMALY_KINDS_FILE = "anomaly_kinds.csv"
 _SPLITS = {"train_normal": 0, "test_normal": 1, "test_anomaly": 2}
 
 # Severity s in [0, 1] maps linearly from the first value (s = 0) to the
@@ -983,7 +985,7 @@ def generate_dataset(
         if progress is not None:
             progress(done, len(jobs))
 
-    with open(test_dir / "anomaly_kinds.csv", "w", newline="", encoding="utf-8") as fh:
+    with open(test_dir / ANOMALY_KINDS_FILE, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("file", "machine_id", "kind", "severity"))
         writer.writerows(rows)
