@@ -18,8 +18,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.features import FeatureParams, mel_filterbank, pack_filters, unpack_filters
+from service.inputcheck import Fingerprint
 
-FORMAT_VERSION = 1
+# 2 added per-ID thresholds, false-alarm curves, calibration history and the
+# input fingerprint; every addition is optional, so format 1 folders still load.
+FORMAT_VERSION = 2
 THRESHOLD_FILE = "threshold.json"
 MODEL_FILE = "model.onnx"
 
@@ -114,13 +117,127 @@ class GammaFit(_Strict):
     scale: float = Field(gt=0)
 
 
-class Threshold(_Strict):
+class FalseAlarmCurve(_Strict):
+    """The gamma fit's threshold for each false-alarm rate on a fixed grid.
+
+    The service has no scipy, so the quantile function travels as numbers:
+    `values[i]` is the threshold whose expected false-alarm rate is
+    `rates[i]`. Rates are logit-spaced and increasing, values decreasing;
+    `threshold_for` interpolates linearly in logit(rate), which is exact to
+    about 1e-4 of the value on a grid of this density.
+    """
+
+    rates: list[float] = Field(min_length=2)
+    values: list[float] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _monotone(self) -> FalseAlarmCurve:
+        rates, values = np.asarray(self.rates), np.asarray(self.values)
+        if rates.shape != values.shape:
+            raise ValueError("false-alarm curve: rates and values differ in length")
+        if not (np.all((rates > 0) & (rates < 1)) and np.all(np.diff(rates) > 0)):
+            raise ValueError("false-alarm curve: rates must increase strictly inside (0, 1)")
+        if not (np.isfinite(values).all() and np.all(np.diff(values) <= 0)):
+            raise ValueError("false-alarm curve: values must be finite and must not increase with the rate")
+        return self
+
+    @property
+    def lowest(self) -> float:
+        return self.rates[0]
+
+    @property
+    def highest(self) -> float:
+        return self.rates[-1]
+
+    def threshold_for(self, rate: float) -> float:
+        """The threshold for a false-alarm rate in [lowest, highest]; ValueError outside."""
+        if not self.lowest <= rate <= self.highest:
+            raise ValueError(f"false-alarm rate {rate:g} is outside the calibrated range "
+                             f"[{self.lowest:g}, {self.highest:g}]")
+        logit = np.log(np.asarray(self.rates)) - np.log1p(-np.asarray(self.rates))
+        x = np.log(rate) - np.log1p(-rate)
+        return float(np.interp(x, logit, np.asarray(self.values)))
+
+
+class ThresholdFit(_Strict):
+    """One calibrated threshold: a gamma fit to normal clips' scores and its q-quantile."""
+
     value: float
     method: Literal["gamma"] = "gamma"
     quantile: float = Field(gt=0, lt=1, description="q of the gamma fit; 1 - target false-alarm rate")
     gamma: GammaFit
     n_calibration_clips: int = Field(gt=0)
     empirical_false_alarm_rate: float = Field(ge=0, le=1)
+    false_alarm_interval: tuple[float, float] | None = Field(
+        None,
+        description=(
+            "90 % bootstrap interval of the false-alarm rate this threshold will have on new normal "
+            "clips: how precise the calibration is with this many clips."
+        ),
+    )
+    clips_for_3_points: int | None = Field(
+        None, description="About how many calibration clips would narrow that interval to +/- 3 points."
+    )
+    curve: FalseAlarmCurve | None = Field(
+        None, description="The fit's threshold for other false-alarm rates (the `false_alarm_rate` option)."
+    )
+
+    @property
+    def target_false_alarm_rate(self) -> float:
+        return 1.0 - self.quantile
+
+    def threshold_for(self, rate: float | None) -> float:
+        """`value`, or the fit's threshold for another false-alarm rate (ValueError if it has no curve)."""
+        if rate is None:
+            return self.value
+        if self.curve is None:
+            raise ValueError("this threshold was exported without a false-alarm curve; recalibrate the model "
+                             "(asd-train calibrate) to choose another false-alarm rate")
+        return self.curve.threshold_for(rate)
+
+
+ScoresFrom = Literal["holdout", "cross_fit", "site"]
+
+
+class CalibrationEvent(_Strict):
+    """One on-site recalibration (`asd-train calibrate`): what changed and from what."""
+
+    at: datetime
+    source: str = Field(description="Folder of the normal recordings the threshold was refitted on.")
+    n_clips: int
+    clips_per_id: dict[str, int]
+    false_alarm_rate: float
+    machine_id: str | None = Field(None, description="The one ID recalibrated, or None for all found.")
+    old_value: float
+    new_value: float
+    per_id: dict[str, tuple[float | None, float]] | None = Field(
+        None, description="Per machine ID: (old value or None when the ID had none, new value)."
+    )
+    command: str | None = None
+
+
+class Threshold(ThresholdFit):
+    """The model-wide threshold (the fallback), each machine ID's own, and how they were set."""
+
+    scores_from: ScoresFrom | None = Field(
+        None,
+        description=(
+            "Where the calibration scores came from: `holdout` (clips the model never trained on), "
+            "`cross_fit` (out-of-fold scores: each fold's model scored the clips it did not see) or "
+            "`site` (fresh normal recordings through `asd-train calibrate`)."
+        ),
+    )
+    folds: int | None = Field(None, description="Folds of the cross-fit, when `scores_from` is `cross_fit`.")
+    per_id: dict[str, ThresholdFit] | None = Field(
+        None, description="Each machine ID's own fit; IDs without one use the model-wide threshold."
+    )
+    calibration_history: list[CalibrationEvent] = Field(default_factory=list)
+
+    def for_id(self, machine_id: str | None) -> ThresholdFit:
+        """The machine ID's own fit when it has one, else the model-wide one."""
+        if machine_id is not None and self.per_id and machine_id in self.per_id:
+            return self.per_id[machine_id]
+        return self
 
 
 class Training(_Strict):
@@ -150,7 +267,7 @@ class Training(_Strict):
 
 
 class Bundle(_Strict):
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     name: str
     machine_type: str
     machine_ids: list[str]
@@ -161,6 +278,9 @@ class Bundle(_Strict):
     threshold: Threshold
     training: Training
     versions: dict[str, str]
+    fingerprint: Fingerprint | None = Field(
+        None, description="What the training audio looked like, for the input checks (service.inputcheck)."
+    )
 
     @model_validator(mode="after")
     def _normalization_matches_mels(self) -> Bundle:

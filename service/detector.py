@@ -38,7 +38,9 @@ class Score:
     `patch_errors`, `patch_start` and `patch_end` have shape (n_patches,);
     times are in seconds from the start of the clip. `bin_errors`, when
     asked for, is the squared error per mel bin averaged over every patch
-    and frame, shape (n_mels,); its mean is `score`.
+    and frame, shape (n_mels,); its mean is `score`. `band_db` is the clip's
+    mean log-mel level per mel bin in dB before standardisation, shape
+    (n_mels,), for the input checks (`service.inputcheck`).
     """
 
     score: float
@@ -46,6 +48,7 @@ class Score:
     patch_start: np.ndarray
     patch_end: np.ndarray
     bin_errors: np.ndarray | None = None
+    band_db: np.ndarray | None = None
 
 
 class Detector:
@@ -142,12 +145,24 @@ class Detector:
                 f"parameters, which give {self.input_shape}"
             )
 
-    def features(self, samples: np.ndarray) -> np.ndarray:
-        """Standardised log-mel, shape (n_mels, t), float32."""
-        spec = log_mel_projected(samples, self.params, self._mel)
+    @property
+    def mel_hz(self) -> np.ndarray:
+        """Each mel band's centre (its largest filter weight) in Hz, shape (n_mels,)."""
+        return np.argmax(self._mel_basis, axis=1) * (self.params.sample_rate / self.params.n_fft)
+
+    def log_mel(self, samples: np.ndarray) -> np.ndarray:
+        """Log-mel in dB before standardisation, shape (n_mels, t), float32."""
+        return log_mel_projected(samples, self.params, self._mel)
+
+    def standardise(self, spec: np.ndarray) -> np.ndarray:
+        """`(spec - mean) / std` per mel bin, in place; returns `spec`."""
         spec -= self._mean
         spec *= self._inv_std
         return spec
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """Standardised log-mel, shape (n_mels, t), float32."""
+        return self.standardise(self.log_mel(samples))
 
     def model_inputs(self, spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patches of a standardised spectrogram in the graph's layout, and their start frames."""
@@ -190,7 +205,9 @@ class Detector:
             need = self.min_samples / self.params.sample_rate
             have = samples.size / self.params.sample_rate
             raise ClipTooShort(f"audio is {have:.3f} s long; this model needs at least {need:.3f} s")
-        batch, starts = self.model_inputs(self.features(samples))
+        spec = self.log_mel(samples)
+        band_db = spec.mean(axis=1, dtype=np.float64)
+        batch, starts = self.model_inputs(self.standardise(spec))
         recon = self.reconstruct(batch)
         if recon.shape == batch.shape and recon.dtype == batch.dtype and recon.flags.writeable:
             squared = np.square(np.subtract(batch, recon, out=recon), out=recon)  # no temporaries
@@ -209,7 +226,7 @@ class Detector:
         start = starts * seconds_per_frame
         end = np.minimum((starts + self.frames) * seconds_per_frame, duration)
         return Score(score=float(errors.mean()), patch_errors=errors, patch_start=start, patch_end=end,
-                     bin_errors=bins)
+                     bin_errors=bins, band_db=band_db)
 
     def is_anomalous(self, score: float) -> bool:
         return score > self.threshold

@@ -4,7 +4,16 @@ As the DCASE 2020/2021 baselines do, the anomaly scores of normal clips the
 model never took a gradient step on are modelled with a gamma distribution
 (`scipy.stats.gamma.fit`, shape, location and scale all free), and the
 threshold is its q-quantile, so about a fraction 1 - q of normal clips
-raise an alarm. q = 0.9 by default.
+raise an alarm. q = 0.9 by default. Below `FREE_LOC_MIN_CLIPS` scores the
+location is fixed at 0: three free parameters on a first recording session's
+ten clips swing the tail (and the threshold) from one clip to the next.
+
+`calibrate` adds what an operator needs to trust the number
+(`service.bundle.ThresholdFit`): a bootstrap interval of the false-alarm
+rate the threshold will have on new normal clips (refit on resampled
+scores, each refit's threshold judged by the full fit), the clips needed
+for +/- 3 points, and the fit's threshold on a grid of other rates
+(`FalseAlarmCurve`), since the service has no scipy.
 
 Degenerate inputs are refused or handled, never turned into NaN:
 
@@ -27,8 +36,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from service.bundle import FalseAlarmCurve, GammaFit, ThresholdFit
+
 DEFAULT_QUANTILE = 0.9
 MIN_CALIBRATION_CLIPS = 3
+FREE_LOC_MIN_CLIPS = 30
+BOOTSTRAP_ROUNDS = 200
+INTERVAL = (0.05, 0.95)
+TARGET_HALF_WIDTH = 0.03
+# Logit-spaced false-alarm rates of the stored curve: 1e-5 ... 1 - 1e-5.
+CURVE_RATES = 1.0 / (1.0 + np.exp(-np.linspace(-np.log(1e5 - 1), np.log(1e5 - 1), 121)))
 
 
 class ThresholdError(ValueError):
@@ -76,8 +93,8 @@ def fit_gamma_threshold(scores: Sequence[float] | np.ndarray, *, quantile: float
     if spread <= 1e-12 * max(float(np.abs(x).max()), 1e-30):
         raise ThresholdError(f"all {x.size} calibration scores are equal ({x[0]:.6g}); no distribution to fit")
 
-    note = "mle"
-    params = _mle(x)
+    note = "mle" if x.size >= FREE_LOC_MIN_CLIPS else "mle, loc 0"
+    params = _mle(x, free_loc=x.size >= FREE_LOC_MIN_CLIPS)
     if isinstance(params, str):
         note = f"moments (mle failed: {params})"
         params = _moments(x)
@@ -98,13 +115,21 @@ def fit_gamma_threshold(scores: Sequence[float] | np.ndarray, *, quantile: float
     )
 
 
-def _mle(x: np.ndarray) -> tuple[float, float, float] | str:
-    """Three-parameter maximum likelihood fit, or the reason it is unusable."""
+def _mle(
+    x: np.ndarray, *, free_loc: bool = True, start: tuple[float, float, float] | None = None
+) -> tuple[float, float, float] | str:
+    """Maximum likelihood fit (location free or 0), or the reason it is unusable."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # scipy warns while its optimiser explores bad regions; the result is checked below.
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            shape, loc, scale = (float(v) for v in stats.gamma.fit(x))
+            if not free_loc:
+                fitted = stats.gamma.fit(x, floc=0.0)
+            elif start is not None:
+                fitted = stats.gamma.fit(x, start[0], loc=start[1], scale=start[2])
+            else:
+                fitted = stats.gamma.fit(x)
+            shape, loc, scale = (float(v) for v in fitted)
         except (ValueError, RuntimeError, FloatingPointError) as error:
             return str(error) or type(error).__name__
     if not (np.isfinite([shape, loc, scale]).all() and shape > 0 and scale > 0):
@@ -118,3 +143,64 @@ def _moments(x: np.ndarray) -> tuple[float, float, float]:
     if mean <= 0 or var <= 0:
         raise ThresholdError(f"cannot fit a gamma to scores with mean {mean:g} and variance {var:g}")
     return mean * mean / var, 0.0, var / mean
+
+
+def calibrate(
+    scores: Sequence[float] | np.ndarray,
+    *,
+    quantile: float = DEFAULT_QUANTILE,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> ThresholdFit:
+    """The threshold of `scores` (normal clips' scores) with its precision, as threshold.json stores it."""
+    fit = fit_gamma_threshold(scores, quantile=quantile)
+    x = np.asarray(scores, dtype=np.float64).ravel()
+    lo, hi = far_interval(x, fit, rounds=rounds, seed=seed)
+    half = (hi - lo) / 2
+    needed = int(np.ceil(x.size * (half / TARGET_HALF_WIDTH) ** 2)) if half > 0 else x.size
+    return ThresholdFit(
+        value=fit.value,
+        quantile=fit.quantile,
+        gamma=GammaFit(shape=fit.shape, loc=fit.loc, scale=fit.scale),
+        n_calibration_clips=fit.n_clips,
+        empirical_false_alarm_rate=fit.empirical_false_alarm_rate,
+        false_alarm_interval=(lo, hi),
+        clips_for_3_points=max(needed, x.size),
+        curve=curve_of(fit),
+    )
+
+
+def far_interval(x: np.ndarray, fit: GammaThreshold, *, rounds: int, seed: int) -> tuple[float, float]:
+    """`INTERVAL` bootstrap bounds of the false-alarm rate that `fit`'s procedure gives.
+
+    Each round refits the threshold on scores drawn with replacement; the
+    full fit's survival function at that threshold is the false-alarm rate
+    it would have had. Rounds whose resample cannot be fitted are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    free = x.size >= FREE_LOC_MIN_CLIPS
+    start = (fit.shape, fit.loc, fit.scale)
+    rates = []
+    for _ in range(rounds):
+        sample = rng.choice(x, size=x.size, replace=True)
+        if np.ptp(sample) <= 0:
+            continue
+        params = _mle(sample, free_loc=free, start=start if free else None)
+        if isinstance(params, str):
+            continue
+        value = stats.gamma.ppf(fit.quantile, params[0], loc=params[1], scale=params[2])
+        if np.isfinite(value):
+            rates.append(float(stats.gamma.sf(value, fit.shape, loc=fit.loc, scale=fit.scale)))
+    if not rates:
+        target = 1.0 - fit.quantile
+        return target, target
+    lo, hi = np.quantile(rates, INTERVAL)
+    return float(lo), float(hi)
+
+
+def curve_of(fit: GammaThreshold) -> FalseAlarmCurve:
+    """The fit's threshold at each of `CURVE_RATES`."""
+    values = stats.gamma.ppf(1.0 - CURVE_RATES, fit.shape, loc=fit.loc, scale=fit.scale)
+    # ppf can round to equal values far in a tail; the curve must not rise with the rate.
+    values = np.minimum.accumulate(values)
+    return FalseAlarmCurve(rates=CURVE_RATES.tolist(), values=values.tolist())
