@@ -264,6 +264,9 @@ class Training(_Strict):
     loss_history: list[float] | None = None
     val_loss_history: list[float] | None = None
     seconds: dict[str, float] | None = None
+    # A cross-fit's fold models: the epoch of each one's best held-out loss, and that loss.
+    fold_best_epochs: list[int] | None = None
+    fold_val_losses: list[float] | None = None
 
 
 class Bundle(_Strict):

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     segment_s: float = Field(
         1.0, gt=0, description="Length of the segments that patch scores are grouped in."
     )
+    level_offset_db: float = Field(
+        6.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="dB between a clip's level and the training audio's at which the input check warns.",
+    )
     ort_threads: PositiveInt | None = Field(
         None, description="onnxruntime intra-op threads per session; default cores // workers."
     )

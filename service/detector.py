@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle, sha256_of
-from service.features import MelProjection, log_mel_projected, mel_filterbank, patches, warm_up
+from service.features import MelProjection, band_centres_hz, log_mel_projected, mel_filterbank, patches, warm_up
 
 
 # Input values per onnxruntime run: 32 CAE patches of 128 x 32, or 204 dense
@@ -148,7 +148,7 @@ class Detector:
     @property
     def mel_hz(self) -> np.ndarray:
         """Each mel band's centre (its largest filter weight) in Hz, shape (n_mels,)."""
-        return np.argmax(self._mel_basis, axis=1) * (self.params.sample_rate / self.params.n_fft)
+        return band_centres_hz(self._mel_basis, sample_rate=self.params.sample_rate, n_fft=self.params.n_fft)
 
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """Log-mel in dB before standardisation, shape (n_mels, t), float32."""

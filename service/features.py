@@ -66,6 +66,11 @@ class FeatureParams:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def floor_db(self) -> float:
+        """The lowest value `log_mel` gives: 10 * log10(amin)."""
+        return 10.0 * float(np.log10(self.amin))
+
     def n_frames(self, n_samples: int) -> int:
         """Frames that `log_mel` gives for a signal of `n_samples` (centred frames)."""
         return 1 + n_samples // self.hop_length
@@ -91,6 +96,11 @@ def mel_filterbank(params: FeatureParams) -> np.ndarray:
     )
     basis.setflags(write=False)
     return basis
+
+
+def band_centres_hz(basis: np.ndarray, *, sample_rate: int, n_fft: int) -> np.ndarray:
+    """Each mel band's centre (the STFT bin of its largest weight) in Hz; `basis` (n_mels, 1 + n_fft // 2)."""
+    return np.argmax(basis, axis=1) * (sample_rate / n_fft)
 
 
 @functools.lru_cache(maxsize=16)

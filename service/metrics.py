@@ -81,6 +81,19 @@ class ServiceMetrics:
             buckets=RATIO_BUCKETS,
             registry=registry,
         )
+        self.input_checks = Counter(
+            "asd_input_checks_total",
+            "Scored clips by model and input check status (ok, warning, unchecked).",
+            ["model", "status"],
+            registry=registry,
+        )
+        # A clip can have several findings: this counts findings, the one above clips.
+        self.input_findings = Counter(
+            "asd_input_findings_total",
+            "Input check findings (the clip unlike the training audio) by model and finding code.",
+            ["model", "code"],
+            registry=registry,
+        )
         self.scoring_errors = Counter(
             "asd_scoring_errors_total",
             "Clips that could not be scored, by model and error code.",

@@ -315,6 +315,10 @@ def _smoke_test(detector: Detector) -> None:
     if not (np.isfinite(detector.threshold) and detector.threshold > 0):
         # Decisions and score/threshold ratios need a positive threshold.
         raise DetectorError(f"threshold {detector.threshold} is not a positive number")
+    per_id = detector.bundle.threshold.per_id or {}
+    bad = [f"{mid}: {t.value}" for mid, t in per_id.items() if not (np.isfinite(t.value) and t.value > 0)]
+    if bad:
+        raise DetectorError(f"machine ID thresholds are not positive numbers ({', '.join(bad)})")
     silence = np.zeros(max(detector.min_samples, detector.params.n_fft), dtype=np.float32)
     batch, _ = detector.model_inputs(detector.features(silence))
     recon = detector.reconstruct(batch)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.bundle import OnnxModel, Patching, Threshold, Training
 from service.features import FeatureParams
+from service.inputcheck import Fingerprint, InputCheck
 
 Decision = Literal["normal", "anomalous"]
 
@@ -99,7 +100,7 @@ class ModelInfo(BaseModel):
                     "error": None,
                     "default": True,
                     "machine_type": "slider",
-                    "machine_ids": ["id_00", "id_02", "id_04", "id_06"],
+                    "machine_ids": ["00", "02", "04", "06"],
                     "threshold": {
                         "value": 12.7,
                         "method": "gamma",
@@ -107,6 +108,29 @@ class ModelInfo(BaseModel):
                         "gamma": {"shape": 8.1, "loc": 2.3, "scale": 1.1},
                         "n_calibration_clips": 280,
                         "empirical_false_alarm_rate": 0.096,
+                        "false_alarm_interval": [0.068, 0.131],
+                        "clips_for_3_points": 1100,
+                        # A real export has 121 points, logit-spaced from 1e-5 to 1 - 1e-5.
+                        "curve": {"rates": [0.001, 0.01, 0.1, 0.5], "values": [24.6, 18.9, 12.7, 9.6]},
+                        "scores_from": "holdout",
+                        "folds": None,
+                        "per_id": {
+                            "00": {
+                                "value": 11.4,
+                                "method": "gamma",
+                                "quantile": 0.9,
+                                "gamma": {"shape": 7.6, "loc": 2.1, "scale": 1.0},
+                                "n_calibration_clips": 70,
+                                "empirical_false_alarm_rate": 0.1,
+                                "false_alarm_interval": [0.043, 0.171],
+                                "clips_for_3_points": 1050,
+                                "curve": {
+                                    "rates": [0.001, 0.01, 0.1, 0.5],
+                                    "values": [22.8, 17.3, 11.4, 8.7],
+                                },
+                            },
+                        },
+                        "calibration_history": [],
                     },
                     "min_duration_s": 1.0,
                 }
@@ -136,6 +160,13 @@ class ModelInfo(BaseModel):
     patching: PatchingInfo | None = None
     min_duration_s: float | None = Field(None, description="Shortest clip that gives one patch.")
     training: Training | None = None
+    fingerprint: Fingerprint | None = Field(
+        None,
+        description=(
+            "What the training audio looked like, which the input checks compare uploads with; "
+            "null for a model exported without one (its answers say `input_check.status: unchecked`)."
+        ),
+    )
     model: OnnxModel | None = Field(None, description="The ONNX file, its sha256 and graph names.")
     versions: dict[str, str] | None = None
 
@@ -175,10 +206,24 @@ class ScoreResult(BaseModel):
             "examples": [
                 {
                     "model": "slider",
+                    "machine_id": "02",
                     "score": 14.2,
                     "threshold": 12.7,
+                    "threshold_scope": "machine_id",
+                    "false_alarm_rate": 0.1,
                     "ratio": 1.118,
                     "decision": "anomalous",
+                    "input_check": {
+                        "status": "warning",
+                        "findings": [
+                            {
+                                "code": "level_offset",
+                                "message": "The clip is 9.2 dB louder than the training recordings of "
+                                "machine ID 02: a gain or microphone change, or the fault itself.",
+                                "value": 9.2,
+                            }
+                        ],
+                    },
                     "clip": {
                         "filename": "slider_abnormal.wav",
                         "duration_s": 10.0,
@@ -218,10 +263,32 @@ class ScoreResult(BaseModel):
     )
 
     model: str
+    machine_id: str | None = Field(
+        None, description="The machine ID asked for (`machine_id`), as two digits; null when none was given."
+    )
     score: float = Field(description="Mean reconstruction error over all patches.")
-    threshold: float
+    threshold: float = Field(description="The threshold the decision used (see `threshold_scope`).")
+    threshold_scope: Literal["machine_id", "model"] = Field(
+        description=(
+            "`machine_id`: the machine ID's own calibrated threshold; `model`: the model-wide one "
+            "(no ID given, or the ID has no fit of its own)."
+        )
+    )
+    false_alarm_rate: float = Field(
+        description=(
+            "Share of normal clips expected above the threshold: the `false_alarm_rate` asked for, "
+            "else the calibration's target (1 - quantile)."
+        )
+    )
     ratio: float = Field(description="score / threshold.")
     decision: Decision = Field(description="`anomalous` when score > threshold.")
+    input_check: InputCheck = Field(
+        description=(
+            "Whether the clip looks like the training audio (level, clipping, silence, DC offset, "
+            "bandwidth). Findings never change the decision: they say when it may be the input, not "
+            "the machine. `unchecked` for a model exported without an input fingerprint."
+        )
+    )
     clip: ClipInfo
     segments: list[Segment] = Field(description="Patch errors grouped into segments of about 1 s.")
     worst_segment: int = Field(description="Index of the segment with the highest score.")

@@ -1,18 +1,90 @@
 """Score one upload with one detector: decode, score, group patch errors into segments.
 
 Everything here is blocking CPU work; the routes run it in a worker thread.
+The threshold is chosen first (`choose_threshold`: the machine ID's own fit or
+the model-wide one, at the calibrated or an asked-for false-alarm rate), so a
+request that names an unknown ID fails before its audio is decoded.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import BinaryIO, Literal
 
 import numpy as np
 
 from service.audio import Channel, InvalidAudio, read_audio
+from service.bundle import Bundle
 from service.detector import Detector, Score
+from service.inputcheck import CheckLimits, InputCheck, check, clip_stats
 from service.schemas import ClipInfo, ScoreResult, Segment
+
+ThresholdScope = Literal["machine_id", "model"]
+
+
+class ThresholdChoiceError(ValueError):
+    """A machine ID or false-alarm rate the model has no threshold for (the API answers 422)."""
+
+    code = "invalid_threshold_choice"
+
+
+class UnknownMachineId(ThresholdChoiceError):
+    code = "unknown_machine_id"
+
+
+class FalseAlarmRateUnavailable(ThresholdChoiceError):
+    code = "false_alarm_rate_unavailable"
+
+
+@dataclass(frozen=True)
+class ChosenThreshold:
+    """The threshold one request decides with, and where it came from."""
+
+    value: float
+    scope: ThresholdScope
+    machine_id: str | None
+    false_alarm_rate: float
+
+
+def normalize_machine_id(raw: str) -> str:
+    """"06", "6" and "id_06" are one machine: IDs are two-digit strings, as training writes them."""
+    text = raw.strip().removeprefix("id_")
+    if not text.isdecimal():
+        raise UnknownMachineId(f"machine IDs are numbers such as 06, 6 or id_06, got {raw!r}")
+    return f"{int(text):02d}"
+
+
+def choose_threshold(
+    bundle: Bundle, *, machine_id: str | None = None, false_alarm_rate: float | None = None
+) -> ChosenThreshold:
+    """The threshold for `machine_id` (normalised) at `false_alarm_rate` (None: the calibrated one).
+
+    An ID without its own fit uses the model-wide one. Raises `UnknownMachineId`
+    for an ID the model was not trained on, `FalseAlarmRateUnavailable` when the
+    fit cannot give a threshold for the rate (no curve, or outside its range).
+    """
+    per_id = bundle.threshold.per_id or {}
+    if machine_id is not None and machine_id not in bundle.machine_ids and machine_id not in per_id:
+        known = ", ".join(dict.fromkeys([*bundle.machine_ids, *per_id])) or "none"
+        raise UnknownMachineId(f"machine ID {machine_id!r} is not one this model knows; known IDs: {known}")
+    fit = bundle.threshold.for_id(machine_id)
+    scope: ThresholdScope = "machine_id" if machine_id in per_id else "model"
+    try:
+        value = fit.threshold_for(false_alarm_rate)
+    except ValueError as error:
+        where = f"machine ID {machine_id}" if scope == "machine_id" else "the model-wide threshold"
+        raise FalseAlarmRateUnavailable(f"{where}: {error}") from None
+    # Rounded: 1 - 0.9 is 0.09999999999999998.
+    rate = round(fit.target_false_alarm_rate, 12) if false_alarm_rate is None else false_alarm_rate
+    if not (math.isfinite(value) and value > 0):
+        # Decisions and ratios need a positive threshold; a gamma fit with a
+        # negative location can give one below zero at high rates.
+        raise FalseAlarmRateUnavailable(
+            f"the calibration gives no positive threshold at a false-alarm rate of {rate:g}"
+        )
+    return ChosenThreshold(value=value, scope=scope, machine_id=machine_id, false_alarm_rate=rate)
 
 
 def score_upload(
@@ -25,9 +97,15 @@ def score_upload(
     min_seconds: float = 0.0,
     max_seconds: float | None = None,
     segment_seconds: float = 1.0,
+    threshold: ChosenThreshold | None = None,
+    limits: CheckLimits = CheckLimits(),
 ) -> ScoreResult:
-    """The API answer for one clip; raises `AudioError` or `ClipTooShort` for unusable audio."""
+    """The API answer for one clip; raises `AudioError` or `ClipTooShort` for unusable audio.
+
+    `threshold` defaults to the model-wide calibrated one (`choose_threshold`).
+    """
     started = time.perf_counter()
+    chosen = threshold if threshold is not None else choose_threshold(detector.bundle)
     rate = detector.params.sample_rate
     clip = read_audio(
         source,
@@ -42,21 +120,27 @@ def score_upload(
         # Finite float samples far beyond full scale (e.g. 1e30) overflow the float32
         # spectrogram; NaN would answer score null and decision "normal".
         raise InvalidAudio("the audio gives no finite anomaly score: samples far beyond full scale?")
-    threshold = detector.threshold
+    checked = input_check(detector, clip.samples, scored, machine_id=chosen.machine_id, limits=limits)
+    value = chosen.value
     hop_seconds = detector.hop * detector.params.hop_length / rate
     segments = group_segments(
         scored,
         duration=clip.samples.size / rate,
-        threshold=threshold,
+        threshold=value,
         # Never shorter than the patch hop, or some segments would hold no patch.
         seconds=max(segment_seconds, hop_seconds),
     )
     return ScoreResult(
         model=model,
+        machine_id=chosen.machine_id,
         score=scored.score,
-        threshold=threshold,
-        ratio=scored.score / threshold,
-        decision="anomalous" if detector.is_anomalous(scored.score) else "normal",
+        threshold=value,
+        threshold_scope=chosen.scope,
+        false_alarm_rate=chosen.false_alarm_rate,
+        ratio=scored.score / value,
+        # The same comparison as Detector.is_anomalous, with the chosen threshold.
+        decision="anomalous" if scored.score > value else "normal",
+        input_check=checked,
         clip=ClipInfo(
             filename=filename,
             duration_s=round(clip.duration, 6),
@@ -72,6 +156,23 @@ def score_upload(
         n_patches=int(scored.patch_errors.size),
         processing_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+
+
+def input_check(
+    detector: Detector, samples: np.ndarray, scored: Score, *, machine_id: str | None, limits: CheckLimits
+) -> InputCheck:
+    """How the clip compares with the training audio; `unchecked` for a bundle without a fingerprint.
+
+    The stats come from the decoded samples and the log-mel the score already
+    computed: no second pass over the audio.
+    """
+    fingerprint = detector.bundle.fingerprint
+    if fingerprint is None or scored.band_db is None:
+        return InputCheck(status="unchecked")
+    rate = detector.params.sample_rate
+    stats = clip_stats(samples, scored.band_db, sample_rate=rate, mel_hz=detector.mel_hz,
+                       floor_db=detector.params.floor_db)
+    return check(stats, fingerprint, machine_id=machine_id, limits=limits)
 
 
 def group_segments(scored: Score, *, duration: float, threshold: float, seconds: float) -> list[Segment]:

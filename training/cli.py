@@ -86,7 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--frames", type=int, default=None,
                      help="patch width in frames (cae 8: a multiple of 8, or 1, 2, 4; dense 5)")
     fit.add_argument("--patch-hop", type=int, default=None, help="frames between patches (cae 8, dense 1)")
-    fit.add_argument("--val-fraction", type=_rate, default=0.1, help="clips per ID held out (at least 1)")
+    fit.add_argument("--val-fraction", type=_rate, default=0.1,
+                     help="holdout calibration: clips per ID held out (at least 1)")
+    fit.add_argument("--calibration", choices=("auto", "cross-fit", "holdout"), default="auto",
+                     help="where the threshold's normal scores come from: out-of-fold scores of a k-fold "
+                          "cross-fit (every clip counts; k + 1 trainings) or a holdout; auto: cross-fit while "
+                          "an ID has fewer than 250 clips")
+    fit.add_argument("--folds", type=int, default=5, help="folds of the cross-fit (default 5)")
     fit.add_argument("--false-alarm-rate", type=_rate, default=None, help="target R; threshold quantile 1-R")
     fit.add_argument("--channel", type=parse_channel, default=0, help="channel index or 'mean' (default 0)")
     fit.add_argument("--patience", type=int, default=5, help="epochs without val_loss gain before stopping")
@@ -98,6 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CAE: time cells left before the code; time pools only down to them (default 2)")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="refit a detector's threshold(s) on a site's normal recordings, without retraining"
+    )
+    calibrate.add_argument("model_dir", type=Path, help="detector folder (model.onnx + threshold.json)")
+    calibrate.add_argument("normal_dir", type=Path,
+                           help="folder of normal WAVs, or a DCASE root (<root>/<machine_type>/train/)")
+    calibrate.add_argument("--out", type=Path, required=True, help="folder to write (may be MODEL_DIR)")
+    calibrate.add_argument("--false-alarm-rate", type=_rate, default=None,
+                           help="target R (default: the model's current target)")
+    calibrate.add_argument("--machine-id", default=None,
+                           help="take every clip as this ID's and refit only its threshold")
+    calibrate.add_argument("--channel", type=parse_channel, default=0,
+                           help="channel index or 'mean' (default 0)")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    calibrate.set_defaults(handler=_calibrate)
 
     from training.explore import add_explore_arguments, run_explore
     from training.report import add_evaluate_arguments, run_evaluate
@@ -174,6 +196,8 @@ def _fit(args: argparse.Namespace) -> None:
         channel=args.channel,
         learning_rate=args.learning_rate,
         cae=cae,
+        calibration=args.calibration,
+        folds=args.folds,
         progress=not args.quiet,
     )
     from training.export import ExportError
@@ -183,6 +207,30 @@ def _fit(args: argparse.Namespace) -> None:
         run_fit(args.data_root, args.out, options, command=command)
     except (ModelConfigError, ThresholdError, ExportError, TrainingError) as error:
         raise CliError(str(error)) from None
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    # No TensorFlow import on this path: a recalibration takes seconds, not TensorFlow's start-up.
+    from tqdm import tqdm
+
+    from training.calibrate import CalibrationError, format_summary, recalibrate
+
+    command = shlex.join(["asd-train", *args.argv])
+    with tqdm(desc="calibrate", unit="clip", disable=args.quiet) as bar:
+        try:
+            result = recalibrate(
+                args.model_dir,
+                args.normal_dir,
+                args.out,
+                false_alarm_rate=args.false_alarm_rate,
+                machine_id=args.machine_id,
+                channel=args.channel,
+                command=command,
+                progress=bar.update,
+            )
+        except CalibrationError as error:
+            raise CliError(str(error)) from None
+    print(format_summary(result))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

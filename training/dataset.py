@@ -27,7 +27,8 @@ from typing import Literal
 import numpy as np
 
 from service.audio import AudioError, Channel, read_audio
-from service.features import FeatureError, FeatureParams, log_mel, patches
+from service.features import FeatureError, FeatureParams, band_centres_hz, log_mel, mel_filterbank, patches
+from service.inputcheck import ClipStats, clip_stats
 
 DEFAULT_ID = "00"
 WAV_SUFFIXES = (".wav",)
@@ -146,6 +147,7 @@ class FeatureClip:
     file: ClipFile
     spec: np.ndarray
     seconds: float
+    stats: ClipStats | None = None  # for the input fingerprint (service.inputcheck)
 
 
 @dataclass
@@ -187,7 +189,11 @@ def load_features(
             spec = log_mel(clip.samples, params)
         except (AudioError, FeatureError, OSError) as error:
             return Skipped(path=file.path, reason=str(error))
-        return FeatureClip(file=file, spec=spec, seconds=clip.samples.size / params.sample_rate)
+        stats = clip_stats(clip.samples, spec.mean(axis=1, dtype=np.float64), sample_rate=params.sample_rate,
+                           mel_hz=mel_hz, floor_db=params.floor_db)
+        return FeatureClip(file=file, spec=spec, seconds=clip.samples.size / params.sample_rate, stats=stats)
+
+    mel_hz = band_centres_hz(mel_filterbank(params), sample_rate=params.sample_rate, n_fft=params.n_fft)
 
     result = LoadResult()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -7,10 +7,12 @@
 2. checks that onnxruntime reproduces Keras on real inputs (validation
    patches) to `ONNX_TOLERANCE`, else `ExportError`;
 3. scores the held-out normal clips through `service.detector.Detector` on
-   that folder (the deployed scoring path) and fits the gamma threshold;
+   that folder (the deployed scoring path), or takes the out-of-fold scores
+   of a cross-fit (`Calibration`), and fits the gamma thresholds: the
+   model-wide one and one per machine ID;
 4. writes `threshold.json` (`service.bundle.Bundle`) with the hash of the
-   model, and loads the result once more with `Detector` as the service
-   would.
+   model and the training audio's input fingerprint, and loads the result
+   once more with `Detector` as the service would.
 
 Only then is the temporary folder renamed to `out` (replacing an earlier
 model there); on any failure it is removed, so `out` never holds a
@@ -38,19 +40,23 @@ from service.bundle import (
     Normalization,
     OnnxModel,
     Patching,
+    ScoresFrom,
     Threshold,
     Training,
     sha256_of,
 )
 from service.detector import Detector
 from service.features import FeatureParams
+from service.inputcheck import Fingerprint
 from training.dataset import Arch, Normalizer
 from training.model import INPUT_NAME, OUTPUT_NAME
-from training.threshold import GammaThreshold, fit_gamma_threshold
+from training.threshold import DEFAULT_QUANTILE, calibrate
 
 OPSET = 17
 ONNX_TOLERANCE = 1e-4
 MAX_CHECK_PATCHES = 1024
+# Fewer calibration clips of an ID than this and it uses the model-wide threshold.
+MIN_ID_CLIPS = 10
 
 _VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "scipy", "librosa", "soundfile", "soxr")
 PACKAGE = "machine-sound-asd"
@@ -64,7 +70,7 @@ class ExportError(Exception):
 class ExportResult:
     folder: Path
     bundle: Bundle
-    threshold: GammaThreshold
+    threshold: Threshold
     calibration_scores: np.ndarray  # (n_calibration_clips,)
     max_onnx_difference: float
 
@@ -145,29 +151,125 @@ def score_paths(
     return scores
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Normal clips' scores for the threshold, or the clips the exported model must score for them.
+
+    `scores_from="holdout"`: `paths` are held-out clips, scored at export
+    through the exported folder. `"cross_fit"`: `scores` (one per path) are
+    out-of-fold scores already computed by the fold models. `machine_ids`
+    (one per path) give each ID its own threshold.
+    """
+
+    paths: Sequence[Path]
+    machine_ids: Sequence[str]
+    scores_from: ScoresFrom = "holdout"
+    scores: np.ndarray | None = None
+    folds: int | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What makes a detector folder besides its threshold (shared by the fold models and the export)."""
+
+    arch: Arch
+    params: FeatureParams
+    frames: int
+    hop: int
+    normalizer: Normalizer
+    machine_type: str
+    machine_ids: Sequence[str]
+
+    def bundle(self, name: str, model_path: Path, threshold: Threshold, training: Training,
+               fingerprint: Fingerprint | None = None) -> Bundle:
+        return Bundle(
+            name=name,
+            machine_type=self.machine_type,
+            machine_ids=list(self.machine_ids),
+            # The filter bank travels with the model: the service need not rebuild it.
+            features=Features.from_params(self.params),
+            patching=Patching(frames=self.frames, hop=self.hop),
+            normalization=Normalization(mean=self.normalizer.mean.tolist(), std=self.normalizer.std.tolist()),
+            model=OnnxModel(
+                sha256=sha256_of(model_path), arch=self.arch, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+                opset=OPSET,
+            ),
+            threshold=threshold,
+            training=training,
+            versions=versions(),
+            fingerprint=fingerprint,
+        )
+
+
+def _placeholder(quantile: float) -> Threshold:
+    # Scoring through `Detector` needs a loadable folder before the threshold is known.
+    return Threshold(
+        value=1.0, quantile=quantile, gamma=GammaFit(shape=1.0, loc=0.0, scale=1.0), n_calibration_clips=1,
+        empirical_false_alarm_rate=0.0,
+    )
+
+
+def score_with_model(
+    model,  # keras.Model
+    candidate: Candidate,
+    paths: Sequence[Path],
+    *,
+    training: Training,
+    channel: Channel,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Scores of `paths` through `model` exported to a scratch folder and loaded by `Detector`.
+
+    The fold models of a cross-fit score their held-out clips this way, so
+    the calibration scores come from the deployed path, as the final model's.
+    """
+    work = Path(tempfile.mkdtemp(prefix=".fold-"))
+    try:
+        model_path = work / MODEL_FILE
+        to_onnx(model, model_path, arch=candidate.arch)
+        candidate.bundle(work.name, model_path, _placeholder(DEFAULT_QUANTILE), training).write(work)
+        try:
+            return score_paths(Detector(work), paths, channel=channel, progress=progress)
+        except AudioError as error:
+            raise ExportError(f"a calibration clip became unreadable: {error}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def fit_thresholds(
+    scores: np.ndarray, machine_ids: Sequence[str], *, quantile: float, calibration: Calibration
+) -> Threshold:
+    """The model-wide threshold of all `scores` and each ID's own (IDs with `MIN_ID_CLIPS` scores or more)."""
+    ids = np.asarray(machine_ids)
+    overall = calibrate(scores, quantile=quantile)
+    per_id = {
+        mid: calibrate(scores[ids == mid], quantile=quantile)
+        for mid in sorted(set(machine_ids))
+        if int(np.sum(ids == mid)) >= MIN_ID_CLIPS
+    }
+    return Threshold(
+        **overall.model_dump(), scores_from=calibration.scores_from, folds=calibration.folds, per_id=per_id or None
+    )
+
+
 def export_detector(
     model,  # keras.Model
     *,
     out: Path,
-    arch: Arch,
-    params: FeatureParams,
-    frames: int,
-    hop: int,
-    normalizer: Normalizer,
+    candidate: Candidate,
     check_inputs: np.ndarray,
-    calibration_paths: Sequence[Path],
+    calibration: Calibration,
     channel: Channel,
     quantile: float,
-    machine_type: str,
-    machine_ids: Sequence[str],
     training: Training,
+    fingerprint: Fingerprint | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ExportResult:
     """Write the detector folder `out` atomically (see module doc).
 
     `check_inputs` are model inputs in the graph's layout, e.g. validation
-    patches (N, n_mels, frames, 1) or (N, frames * n_mels); `calibration_paths`
-    are the held-out normal clips whose scores set the threshold.
+    patches (N, n_mels, frames, 1) or (N, frames * n_mels), to compare ONNX
+    with Keras on.
     """
     out = Path(out)
     _check_replaceable(out)
@@ -176,54 +278,18 @@ def export_detector(
     work.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
     try:
         model_path = work / MODEL_FILE
-        to_onnx(model, model_path, arch=arch)
+        to_onnx(model, model_path, arch=candidate.arch)
         difference = check_onnx(model, model_path, check_inputs)
-
-        def bundle_with(threshold: Threshold) -> Bundle:
-            return Bundle(
-                name=out.name,
-                machine_type=machine_type,
-                machine_ids=list(machine_ids),
-                # The filter bank travels with the model: the service need not rebuild it.
-                features=Features.from_params(params),
-                patching=Patching(frames=frames, hop=hop),
-                normalization=Normalization(mean=normalizer.mean.tolist(), std=normalizer.std.tolist()),
-                model=OnnxModel(
-                    sha256=sha256_of(model_path),
-                    arch=arch,
-                    input_name=INPUT_NAME,
-                    output_name=OUTPUT_NAME,
-                    opset=OPSET,
-                ),
-                threshold=threshold,
-                training=training,
-                versions=versions(),
-            )
-
-        # The threshold must come from the deployed scoring path, which needs
-        # a loadable folder: write it with a placeholder threshold first.
-        placeholder = Threshold(
-            value=0.0,
-            quantile=quantile,
-            gamma=GammaFit(shape=1.0, loc=0.0, scale=1.0),
-            n_calibration_clips=1,
-            empirical_false_alarm_rate=0.0,
-        )
-        bundle_with(placeholder).write(work)
-        try:
-            scores = score_paths(Detector(work), calibration_paths, channel=channel, progress=progress)
-        except AudioError as error:
-            raise ExportError(f"a calibration clip became unreadable during export: {error}") from None
-        fit = fit_gamma_threshold(scores, quantile=quantile)
-        bundle = bundle_with(
-            Threshold(
-                value=fit.value,
-                quantile=fit.quantile,
-                gamma=GammaFit(shape=fit.shape, loc=fit.loc, scale=fit.scale),
-                n_calibration_clips=fit.n_clips,
-                empirical_false_alarm_rate=fit.empirical_false_alarm_rate,
-            )
-        )
+        if calibration.scores is not None:
+            scores = np.asarray(calibration.scores, dtype=np.float64)
+        else:
+            candidate.bundle(out.name, model_path, _placeholder(quantile), training).write(work)
+            try:
+                scores = score_paths(Detector(work), calibration.paths, channel=channel, progress=progress)
+            except AudioError as error:
+                raise ExportError(f"a calibration clip became unreadable during export: {error}") from None
+        threshold = fit_thresholds(scores, calibration.machine_ids, quantile=quantile, calibration=calibration)
+        bundle = candidate.bundle(out.name, model_path, threshold, training, fingerprint)
         bundle.write(work)
         Detector(work)  # the folder as the service will load it: hash, graph shape, schema
         _replace(work, out)
@@ -231,7 +297,7 @@ def export_detector(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return ExportResult(
-        folder=out, bundle=bundle, threshold=fit, calibration_scores=scores, max_onnx_difference=difference
+        folder=out, bundle=bundle, threshold=threshold, calibration_scores=scores, max_onnx_difference=difference
     )
 
 

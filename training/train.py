@@ -22,17 +22,19 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
 from service.audio import Channel
-from service.bundle import Training
+from service.bundle import Threshold, ThresholdFit, Training
 from service.features import FeatureParams
+from service.inputcheck import build_fingerprint
 from training.dataset import (
     Arch,
     DatasetError,
@@ -45,7 +47,7 @@ from training.dataset import (
     patch_array,
     split_validation,
 )
-from training.export import export_detector
+from training.export import MAX_CHECK_PATCHES, Calibration, Candidate, export_detector, score_with_model
 from training.model import CaeConfig
 from training.threshold import MIN_CALIBRATION_CLIPS, quantile_for
 
@@ -62,6 +64,16 @@ ARCH_DEFAULTS: dict[str, dict[str, int]] = {
     "cae": {"frames": 8, "patch_hop": 8, "batch_size": 64, "epochs": 8},
     "dense": {"frames": 5, "patch_hop": 1, "batch_size": 512, "epochs": 20},
 }
+
+
+CalibrationMode = Literal["auto", "cross-fit", "holdout"]
+# `auto` cross-fits while the smallest machine ID has fewer clips than this: a
+# 10 % holdout would leave each ID too few calibration clips for a threshold it
+# can trust (models/README.md, "Calibration"), and k + 1 fits of a few hundred
+# clips stay within minutes. From here on, one fit with a holdout.
+CROSS_FIT_BELOW = 250
+DEFAULT_FOLDS = 5
+MIN_FIT_CLIPS = 10
 
 
 class TrainingError(RuntimeError):
@@ -87,6 +99,8 @@ class FitOptions:
     learning_rate: float = 1e-3
     cae: CaeConfig = field(default_factory=CaeConfig)
     features: FeatureParams = field(default_factory=FeatureParams)
+    calibration: CalibrationMode = "auto"
+    folds: int = DEFAULT_FOLDS
     workers: int = 2
     progress: bool = True
 
@@ -109,6 +123,10 @@ class FitOptions:
             raise DatasetError(f"learning-rate must be a positive number, got {self.learning_rate}")
         if self.patience < 0:
             raise DatasetError(f"patience must be >= 0, got {self.patience}")
+        if self.calibration not in ("auto", "cross-fit", "holdout"):
+            raise DatasetError(f"unknown calibration {self.calibration!r}; choose auto, cross-fit or holdout")
+        if self.folds < 2:
+            raise DatasetError(f"folds must be at least 2, got {self.folds}")
         quantile_for(self.false_alarm_rate)  # validates the rate now, not after training
         if self.arch == "cae":
             self.cae.check(n_mels=self.features.n_mels, frames=done.frames)
@@ -129,22 +147,41 @@ class FitSummary:
     epochs_run: int
     best_epoch: int
     loss: float
-    val_loss: float
+    val_loss: float | None
     seconds: dict[str, float]  # features, training, export, total
-    threshold: float
-    quantile: float
-    empirical_far: float
-    n_calibration: int
+    threshold: Threshold
+    calibration_scores: np.ndarray  # (n_calibration,)
+    calibration_ids: list[str]  # machine ID of each calibration score
     max_onnx_difference: float
     keras_model: object = field(default=None, repr=False, compare=False)  # the trained keras.Model
+
+    @property
+    def quantile(self) -> float:
+        return self.threshold.quantile
+
+    @property
+    def empirical_far(self) -> float:
+        return self.threshold.empirical_false_alarm_rate
+
+    @property
+    def n_calibration(self) -> int:
+        return self.threshold.n_calibration_clips
 
     def lines(self) -> list[str]:
         ids = " ".join(f"{k}={v}" for k, v in self.clips_per_id.items())
         s = self.seconds
+        t = self.threshold
+        val = "" if self.val_loss is None else f", val_loss {self.val_loss:.4f}"
+        if t.scores_from == "cross_fit":
+            scored = f"out-of-fold scores of all {t.n_calibration_clips} clips ({t.folds}-fold cross-fit)"
+            training = f"{self.n_train} train (every one also held out once)"
+        else:
+            scored = f"{t.n_calibration_clips} held-out normal clips"
+            training = f"{self.n_train} train, {self.n_validation} validation"
         out = [
             f"fit summary ({self.arch}) -> {self.out}",
             f"  clips      {self.n_train + self.n_validation} read of {self.n_files} files "
-            f"({self.n_train} train, {self.n_validation} validation); per ID: {ids}",
+            f"({training}); per ID: {ids}",
             f"  audio      {self.hours:.2f} h",
             f"  skipped    {len(self.skipped)}",
         ]
@@ -154,16 +191,49 @@ class FitSummary:
         if self.ignored_anomalies:
             out.append(f"  ignored    {self.ignored_anomalies} files named anomaly_* (not trained on)")
         out += [
-            f"  epochs     {self.epochs_run} run, best {self.best_epoch}: loss {self.loss:.4f}, "
-            f"val_loss {self.val_loss:.4f}",
+            f"  epochs     {self.epochs_run} run, best {self.best_epoch}: loss {self.loss:.4f}{val}"
+            if t.scores_from != "cross_fit" else
+            f"  epochs     {self.epochs_run} run (the median of the folds' best epochs), loss {self.loss:.4f}; "
+            f"folds' held-out loss {self.val_loss:.4f}",
             f"  time       features {s['features']:.1f} s, training {s['training']:.1f} s, "
             f"export {s['export']:.1f} s, total {s['total']:.1f} s",
             f"  onnx       max |onnx - keras| = {self.max_onnx_difference:.2e}",
-            f"  threshold  {self.threshold:.6g} (gamma q={self.quantile:.3f} on {self.n_calibration} held-out "
-            f"normal clips); empirical false-alarm rate {self.empirical_far:.3f} "
-            f"(target {1 - self.quantile:.3f})",
+            f"  threshold  {t.value:.6g} model-wide (gamma q={t.quantile:.3f} on {scored}); "
+            f"empirical false-alarm rate {t.empirical_false_alarm_rate:.3f} (target {1 - t.quantile:.3f})",
+            f"             {_precision(t)}",
+            *self.id_lines(),
         ]
         return out
+
+    def id_lines(self) -> list[str]:
+        """Per machine ID: its own threshold, calibrated and empirical false-alarm rates, precision."""
+        if not self.threshold.per_id:
+            return ["  per ID     none: fewer than 10 calibration clips per ID; every ID uses the model-wide one"]
+        ids = np.asarray(self.calibration_ids)
+        rows = [("ID", "threshold", "clips", "target", "empirical", "model-wide", "90 % interval", "for +/-3")]
+        for mid, fit in self.threshold.per_id.items():
+            own = self.calibration_scores[ids == mid]
+            lo, hi = fit.false_alarm_interval or (float("nan"), float("nan"))
+            rows.append((
+                mid, f"{fit.value:.6g}", str(fit.n_calibration_clips), f"{1 - fit.quantile:.3f}",
+                f"{fit.empirical_false_alarm_rate:.3f}", f"{float(np.mean(own > self.threshold.value)):.3f}",
+                f"{lo:.3f}-{hi:.3f}", str(fit.clips_for_3_points),
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        table = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+        note = ("(empirical: this ID's calibration clips above its own threshold; model-wide: above the "
+                "model-wide one)")
+        return ["  per ID     " + table[0], *("             " + line for line in table[1:]), "             " + note]
+
+
+def _precision(fit: ThresholdFit) -> str:
+    """How far the calibration can be trusted, in words."""
+    if fit.false_alarm_interval is None:
+        return "precision unknown"
+    lo, hi = fit.false_alarm_interval
+    more = (fit.clips_for_3_points or fit.n_calibration_clips) - fit.n_calibration_clips
+    tail = "already within +/- 3 points" if more <= 0 else f"about {more} more clips would narrow it to +/- 3 points"
+    return f"90 % interval of the false-alarm rate on new normal clips: {lo:.3f}-{hi:.3f}; {tail}"
 
 
 TRAINING_CURVES_FILE = "training_curves.png"
@@ -199,7 +269,8 @@ def read_training_clips(data_root: Path, options: FitOptions) -> tuple[LoadResul
 
 
 def train_keras(
-    x_train: np.ndarray, x_val: np.ndarray, options: FitOptions, *, stream: TextIO | None = None
+    x_train: np.ndarray, x_val: np.ndarray | None, options: FitOptions, *, stream: TextIO | None = None,
+    label: str = "",
 ) -> tuple[object, dict[str, list[float]]]:
     """Fit the autoencoder on patches in the graph layout; returns (keras.Model, history).
 
@@ -207,6 +278,8 @@ def train_keras(
     shuffled mini-batches, the validation MSE plus penalties (`val_loss`)
     after each epoch, early stopping after `patience` epochs without a
     better `val_loss`, and the best epoch's weights restored at the end.
+    Without `x_val` (a cross-fit's final model) it runs `options.epochs`
+    epochs and keeps the last weights.
 
     The loop is written out rather than `model.fit`: on this project's
     2-core reference machine, `fit` ran about half of its epochs with all
@@ -264,16 +337,24 @@ def train_keras(
                 seen += len(batch)
                 bar.update()
                 bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        val_loss = sum(float(val_step(b)) * len(b) for b in batches(x_val)) / max(len(x_val), 1)
+        if x_val is None:
+            val_loss = 0.0
+        else:
+            val_loss = sum(float(val_step(b)) * len(b) for b in batches(x_val)) / max(len(x_val), 1)
         if not (np.isfinite(total) and np.isfinite(val_loss)):
             raise TrainingError(
                 f"training diverged in epoch {epoch}: the loss is {total / seen}, val_loss {val_loss}; "
                 f"try a lower --learning-rate (now {options.learning_rate:g})"
             )
         history["loss"].append(total / seen)
+        if x_val is None:
+            if options.progress:
+                print(f"{label}{desc}: loss {total / seen:.4f} ({time.perf_counter() - began:.0f} s)",
+                      file=stream, flush=True)
+            continue
         history["val_loss"].append(val_loss)
         if options.progress:
-            print(f"{desc}: loss {total / seen:.4f}, val_loss {val_loss:.4f} "
+            print(f"{label}{desc}: loss {total / seen:.4f}, val_loss {val_loss:.4f} "
                   f"({time.perf_counter() - began:.0f} s)", file=stream, flush=True)
         if val_loss < best_loss:
             best_loss, best_weights, waited = val_loss, model.get_weights(), 0
@@ -284,9 +365,53 @@ def train_keras(
                     message = f"early stop: no better val_loss for {options.patience} epochs"
                     print(message, file=stream, flush=True)
                 break
-    if best_weights is not None:
+    if best_weights is not None and x_val is not None:
         model.set_weights(best_weights)
     return model, history
+
+
+def choose_calibration(options: FitOptions, clips_per_id: dict[str, int]) -> Literal["cross-fit", "holdout"]:
+    """`options.calibration`, with `auto` resolved by the smallest ID's clip count (`CROSS_FIT_BELOW`)."""
+    if options.calibration != "auto":
+        return options.calibration
+    return "cross-fit" if min(clips_per_id.values()) < CROSS_FIT_BELOW else "holdout"
+
+
+def assign_folds(clips: Sequence[FeatureClip], *, folds: int, seed: int) -> np.ndarray:
+    """Fold index of each clip, shape (len(clips),): each ID's clips shuffled and dealt round the folds.
+
+    Dealing per ID keeps every ID in (nearly) every fold; the offset carries on
+    from one ID to the next so that small IDs do not all land in the first folds.
+    """
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(clips), dtype=np.int64)
+    by_id: dict[str, list[int]] = {}
+    for index, clip in enumerate(clips):
+        by_id.setdefault(clip.file.machine_id, []).append(index)
+    offset = 0
+    for machine_id in sorted(by_id):
+        indices = np.asarray(by_id[machine_id])
+        order = rng.permutation(len(indices))
+        fold[indices[order]] = (offset + np.arange(len(indices))) % folds
+        offset += len(indices)
+    return fold
+
+
+@dataclass
+class _Trained:
+    """The exported model's training, whichever way the calibration scores were made."""
+
+    model: object  # keras.Model
+    history: dict[str, list[float]]
+    normalizer: Normalizer
+    check_inputs: np.ndarray
+    calibration: Calibration
+    train_clips: list[FeatureClip]
+    val_clips: list[FeatureClip]
+    best_epoch: int
+    val_loss: float | None
+    fold_best_epochs: list[int] | None = None
+    fold_val_losses: list[float] | None = None
 
 
 def run_fit(
@@ -305,70 +430,60 @@ def run_fit(
     started = time.perf_counter()
 
     loaded, n_files, ignored = read_training_clips(Path(data_root), options)
-    train_clips, val_clips = split_validation(loaded.clips, fraction=options.val_fraction, seed=options.seed)
-    if len(val_clips) < MIN_CALIBRATION_CLIPS:
+    if len(loaded.clips) < MIN_FIT_CLIPS:
         raise DatasetError(
-            f"only {len(val_clips)} validation clip(s) from {len(loaded.clips)} readable clips; the threshold "
-            f"needs at least {MIN_CALIBRATION_CLIPS}: add clips or raise --val-fraction"
+            f"only {len(loaded.clips)} readable clip(s); fit needs at least {MIN_FIT_CLIPS} normal clips "
+            "(about 2 minutes of 10-s recordings)"
         )
-    normalizer = fit_normalizer(c.spec for c in train_clips)
-    x_train = _patches(train_clips, normalizer, options)
-    x_val = _patches(val_clips, normalizer, options)
+    mode = choose_calibration(options, loaded.clips_per_id())
     features_done = time.perf_counter()
-    print(
-        f"{len(train_clips)} training clips ({len(x_train)} patches), {len(val_clips)} validation clips "
-        f"({len(x_val)} patches), {len(loaded.skipped)} skipped",
-        file=stream,
-        flush=True,
-    )
-
-    model, history = train_keras(x_train, x_val, options, stream=stream)
+    if mode == "holdout":
+        trained = _fit_holdout(loaded.clips, options, stream)
+    else:
+        trained = _fit_cross(loaded.clips, options, stream, data_root=str(data_root))
     training_done = time.perf_counter()
-    del x_train  # hundreds of MB; the export needs only the validation patches
+    history = trained.history
 
-    # train_keras runs at least one epoch and raises on a non-finite loss, so both lists are full and finite.
-    val_losses = history["val_loss"]
-    best = int(np.argmin(val_losses))
     seconds = {"features": features_done - started, "training": training_done - features_done}
     ids = sorted(loaded.clips_per_id())
     training = Training(
         trained_at=datetime.now(timezone.utc),
         data_root=str(data_root),
-        n_clips=len(train_clips),
-        n_validation_clips=len(val_clips),
+        n_clips=len(trained.train_clips),
+        n_validation_clips=len(trained.val_clips),
         hours=loaded.hours,
         clips_per_id=loaded.clips_per_id(),
         skipped_files=len(loaded.skipped),
         epochs_run=len(history["loss"]),
         seed=options.seed,
-        final_loss=history["loss"][best],
-        final_val_loss=val_losses[best],
+        final_loss=history["loss"][trained.best_epoch - 1],
+        final_val_loss=trained.val_loss,
         command=command,
         arch_options=_arch_options(options),
-        validation_clips_per_id=dict(sorted(Counter(c.file.machine_id for c in val_clips).items())),
-        validation_files=[c.file.path.name for c in val_clips],
+        validation_clips_per_id=dict(sorted(Counter(c.file.machine_id for c in trained.val_clips).items())),
+        validation_files=[c.file.path.name for c in trained.val_clips],
         skipped_names=[s.path.name for s in loaded.skipped],
-        best_epoch=best + 1,
+        best_epoch=trained.best_epoch,
         loss_history=history["loss"],
-        val_loss_history=val_losses,
+        val_loss_history=history.get("val_loss") or None,
         seconds={k: round(v, 2) for k, v in seconds.items()},
+        fold_best_epochs=trained.fold_best_epochs,
+        fold_val_losses=trained.fold_val_losses,
     )
-    with tqdm(total=len(val_clips), desc="calibrate", unit="clip", disable=not options.progress) as bar:
+    stats = [c.stats for c in loaded.clips if c.stats is not None]
+    fingerprint = build_fingerprint(stats, [c.file.machine_id for c in loaded.clips if c.stats is not None])
+    to_score = 0 if trained.calibration.scores is not None else len(trained.calibration.paths)
+    with tqdm(total=to_score, desc="calibrate", unit="clip", disable=not options.progress or not to_score) as bar:
         result = export_detector(
-            model,
+            trained.model,
             out=Path(out),
-            arch=options.arch,
-            params=options.features,
-            frames=options.frames,
-            hop=options.patch_hop,
-            normalizer=normalizer,
-            check_inputs=x_val,
-            calibration_paths=[c.file.path for c in val_clips],
+            candidate=_candidate(options, trained.normalizer, ids),
+            check_inputs=trained.check_inputs,
+            calibration=trained.calibration,
             channel=options.channel,
             quantile=quantile,
-            machine_type=options.machine_type,
-            machine_ids=ids,
             training=training,
+            fingerprint=fingerprint,
             progress=bar.update,
         )
     finished = time.perf_counter()
@@ -376,35 +491,121 @@ def run_fit(
     from training.plots import plot_training_curves
 
     plot_training_curves(
-        {"loss": history["loss"], "val_loss": val_losses}, Path(out) / TRAINING_CURVES_FILE,
+        history, Path(out) / TRAINING_CURVES_FILE,
         title=f"{options.machine_type} {options.arch}: training curves",
     )
     summary = FitSummary(
         out=Path(out),
         arch=options.arch,
         n_files=n_files,
-        n_train=len(train_clips),
-        n_validation=len(val_clips),
+        n_train=len(trained.train_clips),
+        n_validation=len(trained.val_clips),
         clips_per_id=loaded.clips_per_id(),
         hours=loaded.hours,
         skipped=[(s.path.name, s.reason) for s in loaded.skipped],
         ignored_anomalies=ignored,
         epochs_run=training.epochs_run,
-        best_epoch=best + 1,
-        loss=history["loss"][best],
-        val_loss=val_losses[best],
+        best_epoch=trained.best_epoch,
+        loss=history["loss"][trained.best_epoch - 1],
+        val_loss=trained.val_loss,
         seconds=seconds,
-        threshold=result.threshold.value,
-        quantile=quantile,
-        empirical_far=result.threshold.empirical_false_alarm_rate,
-        n_calibration=result.threshold.n_clips,
+        threshold=result.threshold,
+        calibration_scores=result.calibration_scores,
+        calibration_ids=list(trained.calibration.machine_ids),
         max_onnx_difference=result.max_onnx_difference,
-        keras_model=model,
+        keras_model=trained.model,
     )
     for line in summary.lines():
         print(line, file=stream)
     stream.flush()
     return summary
+
+
+def _candidate(options: FitOptions, normalizer: Normalizer, ids: Sequence[str]) -> Candidate:
+    assert options.frames is not None and options.patch_hop is not None
+    return Candidate(
+        arch=options.arch, params=options.features, frames=options.frames, hop=options.patch_hop,
+        normalizer=normalizer, machine_type=options.machine_type, machine_ids=list(ids),
+    )
+
+
+def _fit_holdout(clips: list[FeatureClip], options: FitOptions, stream: TextIO) -> _Trained:
+    """One model; whole clips per ID held out for early stopping and the threshold."""
+    train_clips, val_clips = split_validation(clips, fraction=options.val_fraction, seed=options.seed)
+    if len(val_clips) < MIN_CALIBRATION_CLIPS:
+        raise DatasetError(
+            f"only {len(val_clips)} validation clip(s) from {len(clips)} readable clips; the threshold "
+            f"needs at least {MIN_CALIBRATION_CLIPS}: add clips, raise --val-fraction or use --calibration cross-fit"
+        )
+    normalizer = fit_normalizer(c.spec for c in train_clips)
+    x_train = _patches(train_clips, normalizer, options)
+    x_val = _patches(val_clips, normalizer, options)
+    print(
+        f"{len(train_clips)} training clips ({len(x_train)} patches), {len(val_clips)} validation clips "
+        f"({len(x_val)} patches); threshold from the validation clips",
+        file=stream, flush=True,
+    )
+    model, history = train_keras(x_train, x_val, options, stream=stream)
+    # train_keras runs at least one epoch and raises on a non-finite loss, so both lists are full and finite.
+    best = int(np.argmin(history["val_loss"]))
+    return _Trained(
+        model=model, history=history, normalizer=normalizer, check_inputs=x_val,
+        calibration=Calibration(
+            paths=[c.file.path for c in val_clips], machine_ids=[c.file.machine_id for c in val_clips],
+            scores_from="holdout",
+        ),
+        train_clips=train_clips, val_clips=val_clips, best_epoch=best + 1, val_loss=history["val_loss"][best],
+    )
+
+
+def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, data_root: str) -> _Trained:
+    """k fold models score the clips they did not see; the exported model learns from all clips.
+
+    Each fold model stops early on its own held-out fold; the final model runs
+    the median of their best epochs, since no clip is left to stop it.
+    """
+    k = min(options.folds, len(clips))
+    fold = assign_folds(clips, folds=k, seed=options.seed)
+    print(f"{len(clips)} clips: {k}-fold cross-fit, then a final model on all of them", file=stream, flush=True)
+    scores = np.empty(len(clips), dtype=np.float64)
+    best_epochs: list[int] = []
+    val_losses: list[float] = []
+    scratch = Training(
+        trained_at=datetime.now(timezone.utc), data_root=data_root, n_clips=len(clips), n_validation_clips=0,
+        hours=0.0, clips_per_id={}, skipped_files=0, epochs_run=0, seed=options.seed,
+    )
+    for f in range(k):
+        held = np.flatnonzero(fold == f)
+        kept = [c for i, c in enumerate(clips) if fold[i] != f]
+        out_clips = [clips[i] for i in held]
+        normalizer = fit_normalizer(c.spec for c in kept)
+        model, history = train_keras(
+            _patches(kept, normalizer, options), _patches(out_clips, normalizer, options), options,
+            stream=stream, label=f"fold {f + 1}/{k} ",
+        )
+        best = int(np.argmin(history["val_loss"]))
+        best_epochs.append(best + 1)
+        val_losses.append(history["val_loss"][best])
+        scores[held] = score_with_model(
+            model, _candidate(options, normalizer, sorted({c.file.machine_id for c in clips})),
+            [c.file.path for c in out_clips], training=scratch, channel=options.channel,
+        )
+        del model
+    epochs = max(1, int(round(float(np.median(best_epochs)))))
+    normalizer = fit_normalizer(c.spec for c in clips)
+    x_all = _patches(clips, normalizer, options)
+    model, history = train_keras(x_all, None, replace(options, epochs=epochs), stream=stream, label="final ")
+    check_inputs = x_all[:MAX_CHECK_PATCHES].copy()
+    del x_all
+    return _Trained(
+        model=model, history=history, normalizer=normalizer, check_inputs=check_inputs,
+        calibration=Calibration(
+            paths=[c.file.path for c in clips], machine_ids=[c.file.machine_id for c in clips],
+            scores_from="cross_fit", scores=scores, folds=k,
+        ),
+        train_clips=list(clips), val_clips=[], best_epoch=epochs, val_loss=float(np.mean(val_losses)),
+        fold_best_epochs=best_epochs, fold_val_losses=val_losses,
+    )
 
 
 def _patches(clips: list[FeatureClip], normalizer: Normalizer, options: FitOptions) -> np.ndarray:

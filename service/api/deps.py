@@ -19,6 +19,7 @@ from service.audio import Channel
 from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.registry import ModelEntry, Registry
+from service.scoring import normalize_machine_id
 
 # auto_error=False: a missing key is our 401 in our error shape, and only when a key is set.
 _api_key_header = APIKeyHeader(
@@ -171,3 +172,43 @@ async def get_channel(
 
 
 ChannelDep = Annotated[Channel, Depends(get_channel)]
+
+
+async def get_machine_id(
+    machine_id: Annotated[
+        str | None,
+        Query(
+            description=(
+                "The machine the recording is from: its own calibrated threshold decides (the model-wide "
+                "one when the ID has none). `06`, `6` and `id_06` are the same ID; one the model does not "
+                "know answers 422 `unknown_machine_id` (GET /v1/models/{name} lists `machine_ids`)."
+            ),
+            pattern=r"^(id_)?[0-9]{1,4}$",
+            examples=["06"],
+        ),
+    ] = None,
+) -> str | None:
+    return None if machine_id is None else normalize_machine_id(machine_id)
+
+
+async def get_false_alarm_rate(
+    false_alarm_rate: Annotated[
+        float | None,
+        Query(
+            gt=0,
+            lt=1,
+            description=(
+                "Decide at this expected share of normal clips flagged (e.g. 0.01) instead of the calibrated "
+                "one: the threshold is read off the calibration's false-alarm curve (of the machine ID, when "
+                "given). Outside the curve's range, or for a model without one: 422 "
+                "`false_alarm_rate_unavailable`."
+            ),
+            examples=[0.01],
+        ),
+    ] = None,
+) -> float | None:
+    return false_alarm_rate
+
+
+MachineIdDep = Annotated[str | None, Depends(get_machine_id)]
+FalseAlarmRateDep = Annotated[float | None, Depends(get_false_alarm_rate)]

@@ -14,10 +14,14 @@ from tests.service.sounds import encode, noise
 
 SCORE_KEYS = {
     "model",
+    "machine_id",
     "score",
     "threshold",
+    "threshold_scope",
+    "false_alarm_rate",
     "ratio",
     "decision",
+    "input_check",
     "clip",
     "segments",
     "worst_segment",

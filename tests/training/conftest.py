@@ -34,6 +34,7 @@ TINY_FIT_ARGS = [
     "--epochs", "2",
     "--batch-size", "32",
     "--val-fraction", "0.25",
+    "--calibration", "holdout",
     "--seed", "3",
     "--quiet",
 ]  # fmt: skip

@@ -36,9 +36,14 @@ def test_folder_of_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_too_few_clips_for_a_threshold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for i in range(4):
+    for i in range(9):
         write_tone(tmp_path / f"normal_id_00_{i:08d}.wav", seconds=1.5)
-    _fails_cleanly(capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "16"], "at least 3")
+    _fails_cleanly(capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "16"], "at least 10")
+    for i in range(9, 12):
+        write_tone(tmp_path / f"normal_id_00_{i:08d}.wav", seconds=1.5)
+    # A holdout of 12 clips leaves one clip to calibrate on; the message names the way out.
+    holdout = ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "16", "--calibration", "holdout"]
+    _fails_cleanly(capsys, holdout, "--calibration cross-fit")
 
 
 def test_unknown_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from training import export as export_module
 from training.dataset import Normalizer, patch_array
 from training.evaluate import score_files
 from training.report import evaluate_model, format_table
-from training.export import ExportError, export_detector
+from training.export import Calibration, Candidate, ExportError, export_detector
 from training.model import CaeConfig, build_cae, build_dense
 from training.threshold import fit_gamma_threshold
 
@@ -122,10 +122,14 @@ def _export(model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int
         trained_at=datetime.now(timezone.utc), data_root=str(tiny_root), n_clips=4, n_validation_clips=4,
         hours=0.01, clips_per_id={"00": 4}, skipped_files=0, epochs_run=0, seed=0,
     )  # fmt: skip
+    candidate = Candidate(
+        arch=arch, params=params, frames=frames, hop=hop, normalizer=normalizer, machine_type="slider",
+        machine_ids=["00"],
+    )  # fmt: skip
+    calibration = Calibration(paths=paths, machine_ids=["00"] * len(paths))
     return export_detector(
-        model, out=out, arch=arch, params=params, frames=frames, hop=hop, normalizer=normalizer,
-        check_inputs=inputs, calibration_paths=paths, channel=0, quantile=0.9, machine_type="slider",
-        machine_ids=["00"], training=training,
+        model, out=out, candidate=candidate, check_inputs=inputs, calibration=calibration, channel=0,
+        quantile=0.9, training=training,
     )  # fmt: skip
 
 
@@ -164,4 +168,4 @@ def test_dense_baseline_exports_in_the_detector_layout(tiny_root: Path, tmp_path
     assert detector.input_shape == (640,)
     samples = read_audio(tiny_root / "slider" / "test" / "normal_id_00_00000000.wav", sample_rate=16000).samples
     assert len(detector.score(samples).patch_errors) == (1 + samples.size // 512) - 5 + 1
-    assert result.threshold.n_clips == 4
+    assert result.threshold.n_calibration_clips == 4

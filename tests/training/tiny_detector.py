@@ -18,17 +18,21 @@ import soundfile as sf
 from onnx import TensorProto, helper
 
 from service.bundle import (
+    FORMAT_VERSION,
     Bundle,
+    FalseAlarmCurve,
     Features,
     GammaFit,
     Normalization,
     OnnxModel,
     Patching,
     Threshold,
+    ThresholdFit,
     Training,
     sha256_of,
 )
 from service.features import FeatureParams
+from service.inputcheck import Fingerprint
 
 SAMPLE_RATE = 16000
 FRAMES = 32
@@ -59,8 +63,16 @@ def make_detector(
     threshold: float = 100.0,
     machine_ids: tuple[str, ...] = ("00", "02"),
     machine_type: str = "slider",
+    per_id: dict[str, float | ThresholdFit] | None = None,
+    curve: FalseAlarmCurve | None = None,
+    fingerprint: Fingerprint | None = None,
+    format_version: int = FORMAT_VERSION,
 ) -> Path:
-    """Write model.onnx + threshold.json of a constant-factor "autoencoder" into `folder`."""
+    """Write model.onnx + threshold.json of a constant-factor "autoencoder" into `folder`.
+
+    `per_id` gives machine IDs their own thresholds (a number becomes a fit without a curve),
+    `curve` is the model-wide threshold's false-alarm curve.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     params = FeatureParams()
     n_mels = params.n_mels
@@ -83,6 +95,8 @@ def make_detector(
             gamma=GammaFit(shape=2.0, loc=0.0, scale=threshold / 4),
             n_calibration_clips=10,
             empirical_false_alarm_rate=0.1,
+            curve=curve,
+            per_id=None if per_id is None else {mid: _fit(value) for mid, value in per_id.items()},
         ),
         training=Training(
             trained_at=datetime(2020, 3, 1, tzinfo=timezone.utc),
@@ -96,9 +110,23 @@ def make_detector(
             seed=0,
         ),
         versions={},
+        fingerprint=fingerprint,
+        format_version=format_version,
     )
     bundle.write(folder)
     return folder
+
+
+def _fit(value: float | ThresholdFit) -> ThresholdFit:
+    if isinstance(value, ThresholdFit):
+        return value
+    return ThresholdFit(
+        value=value,
+        quantile=0.9,
+        gamma=GammaFit(shape=2.0, loc=0.0, scale=value / 4),
+        n_calibration_clips=5,
+        empirical_false_alarm_rate=0.1,
+    )
 
 
 def with_threshold(folder: Path, value: float) -> None:

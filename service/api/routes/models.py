@@ -27,7 +27,11 @@ async def list_models(registry: ReadyRegistryDep, settings: SettingsDep) -> Mode
 
 @router.get("/{name}", response_model=ModelInfo, responses=error_responses(401, 404, 503))
 async def get_model(entry: ModelDep, settings: SettingsDep) -> ModelInfo:
-    """Describe one model: threshold and how it was set, features, patching, training data."""
+    """Describe one model: thresholds and how they were set, features, patching, training data.
+
+    The threshold is the model-wide one with each machine ID's own fit in `per_id`; `fingerprint` is
+    what the input checks compare uploads with.
+    """
     return describe(entry, default=entry.name == settings.default_model)
 
 
@@ -55,6 +59,7 @@ def describe(entry: ModelEntry, *, default: bool) -> ModelInfo:
             ),
             "min_duration_s": round((frames - 1) * seconds_per_frame, 6),
             "training": bundle.training,
+            "fingerprint": bundle.fingerprint,
             "model": bundle.model,
             "versions": bundle.versions,
         }

@@ -11,7 +11,9 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from service.api.deps import (
     ChannelDep,
     DefaultModelDep,
+    FalseAlarmRateDep,
     LimiterDep,
+    MachineIdDep,
     MetricsDep,
     ReadyModelDep,
     SettingsDep,
@@ -23,10 +25,11 @@ from service.audio import AudioError, Channel
 from service.config import Settings
 from service.detector import ClipTooShort
 from service.features import FeatureError
+from service.inputcheck import CheckLimits
 from service.metrics import ServiceMetrics
 from service.registry import ModelEntry
 from service.schemas import BatchFailed, BatchResult, BatchScored, ScoreResult
-from service.scoring import score_upload
+from service.scoring import ChosenThreshold, ThresholdChoiceError, choose_threshold, score_upload
 from service.uploads import MULTIPART, RAW_AUDIO_TYPES, media_type, read_body
 
 router = APIRouter(
@@ -65,10 +68,13 @@ async def score_with_model(
     metrics: MetricsDep,
     limiter: LimiterDep,
     channel: ChannelDep,
+    machine_id: MachineIdDep,
+    false_alarm_rate: FalseAlarmRateDep,
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the named model."""
-    return await _score_request(request, entry, file, channel, settings, metrics, limiter)
+    chosen = _threshold(entry, machine_id, false_alarm_rate)
+    return await _score_request(request, entry, file, channel, chosen, settings, metrics, limiter)
 
 
 @router.post("/score", response_model=ScoreResult, responses=SCORE_ERRORS, openapi_extra=RAW_BODY_DOC)
@@ -79,10 +85,13 @@ async def score_with_default(
     metrics: MetricsDep,
     limiter: LimiterDep,
     channel: ChannelDep,
+    machine_id: MachineIdDep,
+    false_alarm_rate: FalseAlarmRateDep,
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the default model (ASD_DEFAULT_MODEL)."""
-    return await _score_request(request, entry, file, channel, settings, metrics, limiter)
+    chosen = _threshold(entry, machine_id, false_alarm_rate)
+    return await _score_request(request, entry, file, channel, chosen, settings, metrics, limiter)
 
 
 @router.post(
@@ -98,16 +107,22 @@ async def score_batch(
     metrics: MetricsDep,
     limiter: LimiterDep,
     channel: ChannelDep,
+    machine_id: MachineIdDep,
+    false_alarm_rate: FalseAlarmRateDep,
 ) -> BatchResult:
-    """Score several clips (multipart field `files`); a file that fails gets its own error entry."""
+    """Score several clips (multipart field `files`); a file that fails gets its own error entry.
+
+    `machine_id` and `false_alarm_rate` apply to every file: all are from one machine.
+    """
     # The file count is capped while parsing the form (form_limits in create_app).
     request.state.model = entry.name
+    chosen = _threshold(entry, machine_id, false_alarm_rate)
     results: list[BatchScored | BatchFailed] = []
     total_ms = 0.0
     for upload in files:
         try:
             result = await _score(
-                entry, _upload_source(upload), channel, upload.filename, settings, metrics, limiter
+                entry, _upload_source(upload), channel, upload.filename, chosen, settings, metrics, limiter
             )
         except ApiError as error:
             results.append(
@@ -129,11 +144,23 @@ async def score_batch(
     )
 
 
+def _threshold(entry: ModelEntry, machine_id: str | None, false_alarm_rate: float | None) -> ChosenThreshold:
+    """The request's threshold, or 422 before any audio is read."""
+    assert entry.detector is not None
+    try:
+        return choose_threshold(
+            entry.detector.bundle, machine_id=machine_id, false_alarm_rate=false_alarm_rate
+        )
+    except ThresholdChoiceError as error:
+        raise ApiError(422, error.code, str(error)) from None
+
+
 async def _score_request(
     request: Request,
     entry: ModelEntry,
     file: UploadFile | None,
     channel: Channel,
+    chosen: ChosenThreshold,
     settings: Settings,
     metrics: ServiceMetrics,
     limiter: anyio.CapacityLimiter,
@@ -155,7 +182,7 @@ async def _score_request(
             f"Content-Type {kind or '(none)'!r} is not accepted: send multipart/form-data with a 'file' "
             f"field, or the audio as the body with one of {', '.join(sorted(RAW_AUDIO_TYPES))}",
         )
-    result = await _score(entry, source, channel, filename, settings, metrics, limiter)
+    result = await _score(entry, source, channel, filename, chosen, settings, metrics, limiter)
     request.state.decision = result.decision
     return result
 
@@ -173,6 +200,7 @@ async def _score(
     source: bytes | bytearray | BinaryIO,
     channel: Channel,
     filename: str | None,
+    chosen: ChosenThreshold,
     settings: Settings,
     metrics: ServiceMetrics,
     limiter: anyio.CapacityLimiter,
@@ -189,6 +217,8 @@ async def _score(
         min_seconds=settings.min_duration_s,
         max_seconds=settings.max_duration_s,
         segment_seconds=settings.segment_s,
+        threshold=chosen,
+        limits=CheckLimits(level_offset_db=settings.level_offset_db),
     )
     try:
         result = await anyio.to_thread.run_sync(work, limiter=limiter)
@@ -202,4 +232,7 @@ async def _score(
     metrics.scoring_seconds.labels(entry.name).observe(result.processing_ms / 1000)
     metrics.decisions.labels(entry.name, result.decision).inc()
     metrics.ratio.labels(entry.name).observe(result.ratio)
+    metrics.input_checks.labels(entry.name, result.input_check.status).inc()
+    for finding in result.input_check.findings:
+        metrics.input_findings.labels(entry.name, finding.code).inc()
     return result
