@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from training import threshold as threshold_module
-from training.threshold import ThresholdError, fit_gamma_threshold, quantile_for
+from training.threshold import ThresholdError, calibrate, fit_gamma_threshold, quantile_for
 
 
 def test_threshold_is_near_the_true_gamma_quantile() -> None:
@@ -64,3 +64,47 @@ def test_failed_mle_falls_back_to_moments(monkeypatch: pytest.MonkeyPatch) -> No
 def test_small_samples_still_give_a_finite_threshold() -> None:
     fit = fit_gamma_threshold([0.31, 0.35, 0.29])
     assert np.isfinite(fit.value) and fit.value > 0.29
+
+
+def test_few_scores_fix_the_location_at_zero() -> None:
+    scores = stats.gamma.rvs(50.0, loc=0.25, scale=0.001, size=12, random_state=np.random.default_rng(2))
+    small = fit_gamma_threshold(scores)
+    assert small.loc == 0.0 and small.method_note == "mle, loc 0"
+    assert scores.max() > small.value > np.median(scores)
+    many = stats.gamma.rvs(50.0, loc=0.25, scale=0.001, size=threshold_module.FREE_LOC_MIN_CLIPS,
+                           random_state=np.random.default_rng(2))
+    assert fit_gamma_threshold(many).method_note == "mle"
+
+
+def test_calibrate_reports_how_precise_the_threshold_is() -> None:
+    rng = np.random.default_rng(3)
+    few = calibrate(stats.gamma.rvs(6.0, loc=0.3, scale=0.01, size=20, random_state=rng), rounds=100)
+    more = calibrate(stats.gamma.rvs(6.0, loc=0.3, scale=0.01, size=400, random_state=rng), rounds=100)
+    for fit in (few, more):
+        lo, hi = fit.false_alarm_interval
+        assert 0.0 <= lo < 0.1 < hi <= 1.0
+        assert fit.clips_for_3_points >= fit.n_calibration_clips
+    # Twenty times the clips: a far narrower interval, and fewer clips still to record.
+    width = lambda f: f.false_alarm_interval[1] - f.false_alarm_interval[0]  # noqa: E731
+    assert width(more) < width(few) / 2.5
+    assert more.clips_for_3_points - more.n_calibration_clips < few.clips_for_3_points - few.n_calibration_clips
+    # Same scores and seed: the same interval.
+    again = calibrate(stats.gamma.rvs(6.0, loc=0.3, scale=0.01, size=20, random_state=np.random.default_rng(3)),
+                      rounds=100)
+    assert again.false_alarm_interval == few.false_alarm_interval
+
+
+def test_the_stored_curve_gives_the_fits_threshold_for_any_rate() -> None:
+    scores = stats.gamma.rvs(4.0, loc=0.2, scale=0.05, size=300, random_state=np.random.default_rng(4))
+    fit = calibrate(scores, rounds=10)
+    g = fit.gamma
+    for rate in (1e-5, 1e-3, 0.01, 0.05, 0.1, 0.123, 0.3, 0.5, 0.9, 1 - 1e-5):
+        exact = stats.gamma.ppf(1 - rate, g.shape, loc=g.loc, scale=g.scale)
+        assert fit.threshold_for(rate) == pytest.approx(exact, rel=2e-4)
+    assert fit.threshold_for(None) == fit.value
+    assert fit.curve.threshold_for(0.1) == pytest.approx(fit.value, rel=2e-4)
+    for outside in (1e-6, 1 - 1e-6):
+        with pytest.raises(ValueError, match="outside the calibrated range"):
+            fit.threshold_for(outside)
+    values = np.asarray(fit.curve.values)
+    assert np.all(np.diff(values) <= 0)
