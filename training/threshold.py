@@ -93,12 +93,7 @@ def fit_gamma_threshold(scores: Sequence[float] | np.ndarray, *, quantile: float
     if spread <= 1e-12 * max(float(np.abs(x).max()), 1e-30):
         raise ThresholdError(f"all {x.size} calibration scores are equal ({x[0]:.6g}); no distribution to fit")
 
-    note = "mle" if x.size >= FREE_LOC_MIN_CLIPS else "mle, loc 0"
-    params = _mle(x, free_loc=x.size >= FREE_LOC_MIN_CLIPS)
-    if isinstance(params, str):
-        note = f"moments (mle failed: {params})"
-        params = _moments(x)
-    shape, loc, scale = params
+    (shape, loc, scale), note = _fit(x)
     value = float(stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
     if not np.isfinite(value):
         raise ThresholdError(f"the gamma fit (shape={shape:g}, loc={loc:g}, scale={scale:g}) has no finite quantile")
@@ -113,6 +108,28 @@ def fit_gamma_threshold(scores: Sequence[float] | np.ndarray, *, quantile: float
         empirical_false_alarm_rate=far,
         method_note=note,
     )
+
+
+def _fit(x: np.ndarray, *, start: tuple[float, float, float] | None = None) -> tuple[tuple[float, float, float], str]:
+    """Gamma parameters of `x` and how they were found (the rules of the module docstring).
+
+    A free location with shape <= 1 is the three-parameter fit's known
+    degeneracy: the likelihood grows without bound as the location nears the
+    smallest score, and the tail it leaves can put the threshold far beyond
+    every score. Reconstruction errors are not J-shaped, so such a fit is
+    replaced by the fit with location 0.
+    """
+    if x.size >= FREE_LOC_MIN_CLIPS:
+        params = _mle(x, free_loc=True, start=start)
+        if not isinstance(params, str) and params[0] > 1.0:
+            return params, "mle"
+        note = "mle, loc 0 (the free-location fit was degenerate)"
+    else:
+        note = "mle, loc 0"
+    params = _mle(x, free_loc=False)
+    if isinstance(params, str):
+        return _moments(x), f"moments (mle failed: {params})"
+    return params, note
 
 
 def _mle(
@@ -178,15 +195,15 @@ def far_interval(x: np.ndarray, fit: GammaThreshold, *, rounds: int, seed: int) 
     it would have had. Rounds whose resample cannot be fitted are dropped.
     """
     rng = np.random.default_rng(seed)
-    free = x.size >= FREE_LOC_MIN_CLIPS
-    start = (fit.shape, fit.loc, fit.scale)
+    start = (fit.shape, fit.loc, fit.scale) if fit.method_note == "mle" else None
     rates = []
     for _ in range(rounds):
         sample = rng.choice(x, size=x.size, replace=True)
         if np.ptp(sample) <= 0:
             continue
-        params = _mle(sample, free_loc=free, start=start if free else None)
-        if isinstance(params, str):
+        try:
+            params, _ = _fit(sample, start=start)
+        except ThresholdError:
             continue
         value = stats.gamma.ppf(fit.quantile, params[0], loc=params[1], scale=params[2])
         if np.isfinite(value):

@@ -193,7 +193,7 @@ class FitSummary:
         out += [
             f"  epochs     {self.epochs_run} run, best {self.best_epoch}: loss {self.loss:.4f}{val}"
             if t.scores_from != "cross_fit" else
-            f"  epochs     {self.epochs_run} run (the median of the folds' best epochs), loss {self.loss:.4f}; "
+            f"  epochs     {self.epochs_run} run (the folds' median optimiser steps to their best epoch), loss {self.loss:.4f}; "
             f"folds' held-out loss {self.val_loss:.4f}",
             f"  time       features {s['features']:.1f} s, training {s['training']:.1f} s, "
             f"export {s['export']:.1f} s, total {s['total']:.1f} s",
@@ -270,7 +270,7 @@ def read_training_clips(data_root: Path, options: FitOptions) -> tuple[LoadResul
 
 def train_keras(
     x_train: np.ndarray, x_val: np.ndarray | None, options: FitOptions, *, stream: TextIO | None = None,
-    label: str = "",
+    label: str = "", max_steps: int | None = None,
 ) -> tuple[object, dict[str, list[float]]]:
     """Fit the autoencoder on patches in the graph layout; returns (keras.Model, history).
 
@@ -279,7 +279,8 @@ def train_keras(
     after each epoch, early stopping after `patience` epochs without a
     better `val_loss`, and the best epoch's weights restored at the end.
     Without `x_val` (a cross-fit's final model) it runs `options.epochs`
-    epochs and keeps the last weights.
+    epochs, or stops after `max_steps` optimiser steps (mid-epoch if need
+    be), and keeps the last weights.
 
     The loop is written out rather than `model.fit`: on this project's
     2-core reference machine, `fit` ran about half of its epochs with all
@@ -327,12 +328,18 @@ def train_keras(
     best_loss, best_weights, waited = np.inf, None, 0
     n_steps = -(-len(x_train) // options.batch_size)
     show_bar = options.progress and sys.stderr.isatty()
+    steps_left = np.inf if max_steps is None else max_steps
     for epoch in range(1, options.epochs + 1):
+        if steps_left <= 0:
+            break
         began = time.perf_counter()
         total, seen = 0.0, 0
         desc = f"epoch {epoch}/{options.epochs}"
         with tqdm(total=n_steps, desc=desc, unit="step", disable=not show_bar, leave=False) as bar:
             for batch in batches(x_train, rng.permutation(len(x_train))):
+                if steps_left <= 0:
+                    break
+                steps_left -= 1
                 total += float(train_step(batch)) * len(batch)
                 seen += len(batch)
                 bar.update()
@@ -562,13 +569,15 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
     """k fold models score the clips they did not see; the exported model learns from all clips.
 
     Each fold model stops early on its own held-out fold; the final model runs
-    the median of their best epochs, since no clip is left to stop it.
+    the median of their optimiser steps up to the best epoch, since no clip
+    is left to stop it.
     """
     k = min(options.folds, len(clips))
     fold = assign_folds(clips, folds=k, seed=options.seed)
     print(f"{len(clips)} clips: {k}-fold cross-fit, then a final model on all of them", file=stream, flush=True)
     scores = np.empty(len(clips), dtype=np.float64)
     best_epochs: list[int] = []
+    best_steps: list[int] = []
     val_losses: list[float] = []
     scratch = Training(
         trained_at=datetime.now(timezone.utc), data_root=data_root, n_clips=len(clips), n_validation_clips=0,
@@ -579,22 +588,31 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
         kept = [c for i, c in enumerate(clips) if fold[i] != f]
         out_clips = [clips[i] for i in held]
         normalizer = fit_normalizer(c.spec for c in kept)
+        x_kept = _patches(kept, normalizer, options)
         model, history = train_keras(
-            _patches(kept, normalizer, options), _patches(out_clips, normalizer, options), options,
-            stream=stream, label=f"fold {f + 1}/{k} ",
+            x_kept, _patches(out_clips, normalizer, options), options, stream=stream, label=f"fold {f + 1}/{k} ",
         )
         best = int(np.argmin(history["val_loss"]))
         best_epochs.append(best + 1)
+        best_steps.append((best + 1) * -(-len(x_kept) // options.batch_size))
+        del x_kept
         val_losses.append(history["val_loss"][best])
         scores[held] = score_with_model(
             model, _candidate(options, normalizer, sorted({c.file.machine_id for c in clips})),
             [c.file.path for c in out_clips], training=scratch, channel=options.channel,
         )
         del model
-    epochs = max(1, int(round(float(np.median(best_epochs)))))
+    # The final model takes as many optimiser steps as the median fold model did up to its best epoch,
+    # not as many epochs: with few clips the loss is still falling at the last epoch, and a model that
+    # took more steps scores new normal clips lower than the folds scored theirs, so the threshold
+    # would flag far fewer than the target share (models/README.md, "Calibration").
+    steps = max(1, int(round(float(np.median(best_steps)))))
     normalizer = fit_normalizer(c.spec for c in clips)
     x_all = _patches(clips, normalizer, options)
-    model, history = train_keras(x_all, None, replace(options, epochs=epochs), stream=stream, label="final ")
+    per_epoch = -(-len(x_all) // options.batch_size)
+    epochs = -(-steps // per_epoch)
+    model, history = train_keras(x_all, None, replace(options, epochs=epochs), stream=stream, label="final ",
+                                 max_steps=steps)
     check_inputs = x_all[:MAX_CHECK_PATCHES].copy()
     del x_all
     return _Trained(

@@ -74,7 +74,8 @@ def test_every_clip_calibrates_through_a_model_that_did_not_train_on_it(cross_fi
     assert threshold.value == pytest.approx(calibrate(summary.calibration_scores, quantile=0.9).value, rel=1e-9)
     training = Bundle.read(out).training
     assert training.fold_best_epochs is not None and len(training.fold_best_epochs) == 2
-    assert training.epochs_run == max(1, round(float(np.median(training.fold_best_epochs))))
+    # As many optimiser steps as the median fold took: on all clips that is at most as many epochs.
+    assert 1 <= training.epochs_run <= max(training.fold_best_epochs)
     assert training.n_clips == sum(CLIPS.values()) and training.n_validation_clips == 0
 
 

@@ -108,3 +108,19 @@ def test_the_stored_curve_gives_the_fits_threshold_for_any_rate() -> None:
             fit.threshold_for(outside)
     values = np.asarray(fit.curve.values)
     assert np.all(np.diff(values) <= 0)
+
+
+def test_a_degenerate_free_location_fit_is_replaced() -> None:
+    # Thirty real validation scores whose three-parameter MLE runs to shape 0.18 with the
+    # location at the smallest score: its 0.9 quantile (1.12) lay beyond every score.
+    scores = np.array([
+        0.2781, 0.2820, 0.2823, 0.2828, 0.2842, 0.2848, 0.2859, 0.2864, 0.2866, 0.2882, 0.2889, 0.2889,
+        0.2889, 0.2892, 0.2893, 0.2896, 0.2897, 0.2905, 0.2907, 0.2908, 0.2911, 0.2913, 0.2915, 0.2918,
+        0.2929, 0.2958, 0.2969, 0.3005, 0.3089, 0.3251,
+    ])  # fmt: skip
+    free = stats.gamma.fit(scores)
+    assert free[0] < 1.0  # the degeneracy this guards against
+    fit = fit_gamma_threshold(scores)
+    assert fit.loc == 0.0 and "degenerate" in fit.method_note
+    assert np.median(scores) < fit.value < scores.max()
+    assert 0.0 < fit.empirical_false_alarm_rate < 0.2
