@@ -3,6 +3,7 @@
 #   make test    install everything (serving + training + dev tools) and run the tests
 #   make bench   scoring and serving benchmark; writes BENCHMARKS.md (2-5 minutes)
 #   make soak    long loopback load test of a real server (RELIABILITY.md)
+#   make quality detection quality over families, seeds and SNRs; writes QUALITY.md (hours; QUALITY_ARGS)
 #   make docker-smoke   build the image, run it, score a real clip (needs a Docker engine)
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test bench soak audit docker-smoke lint install install-dev clean
+.PHONY: serve test bench soak quality audit docker-smoke lint install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ bench: $(VENV)/.dev-installed
 # 10,000 requests against a real asd-serve on 127.0.0.1 (about 3 minutes); see RELIABILITY.md.
 soak: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.reliability.soak --requests $${SOAK_REQUESTS:-10000} --concurrency $${SOAK_CONCURRENCY:-32}
+
+# The full default grid (README, "Quality benchmark"); an interrupted run resumes from reports/quality/.
+quality: $(VENV)/.dev-installed
+	$(BIN)/python -m training.cli benchmark --out QUALITY.md $(QUALITY_ARGS)
 
 # pip-audit of constraints.txt: exit 1 on a fixable vulnerability, 2 if no database is reachable.
 audit: $(VENV)/.dev-installed

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.bundle import Bundle, sha256_of
+from service.bundle import Bundle, Scoring, sha256_of
 from service.features import MelProjection, band_centres_hz, log_mel_projected, mel_filterbank, patches, warm_up
+from service.scorers import coarse_bands, fuse, mahalanobis, pool
 
 
 # Input values per onnxruntime run: 32 CAE patches of 128 x 32, or 204 dense
@@ -33,14 +34,22 @@ class ClipTooShort(ValueError):
 
 @dataclass(frozen=True)
 class Score:
-    """Reconstruction error of one clip.
+    """Anomaly score of one clip and the reconstruction errors behind it.
 
     `patch_errors`, `patch_start` and `patch_end` have shape (n_patches,);
     times are in seconds from the start of the clip. `bin_errors`, when
     asked for, is the squared error per mel bin averaged over every patch
-    and frame, shape (n_mels,); its mean is `score`. `band_db` is the clip's
-    mean log-mel level per mel bin in dB before standardisation, shape
-    (n_mels,), for the input checks (`service.inputcheck`).
+    and frame, shape (n_mels,); its mean is the mean patch error (`score`
+    under the default scoring). `band_db` is the clip's mean log-mel level
+    per mel bin in dB before standardisation, shape (n_mels,), for the input
+    checks (`service.inputcheck`) and the envelope scorer.
+
+    A bundle with a `scoring` section (`service.bundle.Scoring`) pools the
+    patch errors otherwise and may fuse scorers: then `patch_scores`, shape
+    (n_patches,), puts each patch on the scale of `score` (for segments),
+    `components` holds each scorer's raw score (the CAE's pooled error, the
+    envelope distance) and `scoring_id` the machine ID whose entry scored the
+    clip (None: the model-wide one).
     """
 
     score: float
@@ -49,6 +58,33 @@ class Score:
     patch_end: np.ndarray
     bin_errors: np.ndarray | None = None
     band_db: np.ndarray | None = None
+    patch_scores: np.ndarray | None = None
+    components: dict[str, float] | None = None
+    scoring_id: str | None = None
+
+    @property
+    def segment_values(self) -> np.ndarray:
+        """Per-patch values on the scale of `score`, shape (n_patches,): `patch_scores` or the errors."""
+        return self.patch_errors if self.patch_scores is None else self.patch_scores
+
+
+@dataclass(frozen=True)
+class Combined:
+    """A clip score from its patch errors and envelope (`Detector.combine`); fields as in `Score`."""
+
+    score: float
+    patch_scores: np.ndarray | None
+    components: dict[str, float] | None
+    scoring_id: str | None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One scoring entry's numbers as arrays: envelope mean (k,), precision (k, k), (mean, std) per scorer."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    stats: dict[str, tuple[float, float]]
 
 
 class Detector:
@@ -105,6 +141,8 @@ class Detector:
         self.hop = self.bundle.patching.hop
         self._mean = np.asarray(self.bundle.normalization.mean, dtype=np.float32)[:, None]
         self._inv_std = (1.0 / np.asarray(self.bundle.normalization.std, dtype=np.float32))[:, None]
+        self.scoring: Scoring | None = self.bundle.scoring
+        self._entries = _entries(self.scoring)
         self._check_graph()
         warm_up(self.params)
 
@@ -193,13 +231,18 @@ class Detector:
         ]
         return np.concatenate(parts, axis=0)
 
-    def score(self, samples: np.ndarray, *, per_bin: bool = False) -> Score:
+    def score(self, samples: np.ndarray, *, per_bin: bool = False, machine_id: str | None = None) -> Score:
         """Anomaly score of a mono waveform at the model's sample rate.
 
-        The score is the mean squared reconstruction error over all patches;
-        each patch's own error is kept with its time span for localisation.
+        By default the score is the mean squared reconstruction error over
+        all patches; a bundle's `scoring` section may pool the patch errors
+        otherwise and fuse them with the envelope scorer (`combine`). Each
+        patch's own error is kept with its time span for localisation.
         `per_bin` also keeps the error of each mel bin (for evaluation: which
-        frequencies the score comes from).
+        frequencies the score comes from). `machine_id` (normalised, e.g.
+        "06") selects that ID's envelope model and standardisation in a fused
+        bundle; None, or an ID without its own entry, uses the model-wide
+        ones. Bundles without fusion ignore it.
         """
         if samples.size < self.min_samples:
             need = self.min_samples / self.params.sample_rate
@@ -225,8 +268,60 @@ class Detector:
         duration = samples.size / self.params.sample_rate
         start = starts * seconds_per_frame
         end = np.minimum((starts + self.frames) * seconds_per_frame, duration)
-        return Score(score=float(errors.mean()), patch_errors=errors, patch_start=start, patch_end=end,
-                     bin_errors=bins, band_db=band_db)
+        if self.scoring is None:
+            return Score(score=float(errors.mean()), patch_errors=errors, patch_start=start, patch_end=end,
+                         bin_errors=bins, band_db=band_db)
+        combined = self.combine(errors, band_db, machine_id=machine_id)
+        return Score(score=combined.score, patch_errors=errors, patch_start=start, patch_end=end,
+                     bin_errors=bins, band_db=band_db, patch_scores=combined.patch_scores,
+                     components=combined.components, scoring_id=combined.scoring_id)
+
+    def combine(
+        self, patch_errors: np.ndarray, band_db: np.ndarray, *, machine_id: str | None = None
+    ) -> Combined:
+        """The clip score from patch errors (n_patches,) and mean level per mel bin (n_mels,) in dB.
+
+        What `score` does after the graph, also for training: it rescores a
+        calibration clip for the model-wide entry without running the graph
+        again. `machine_id` as in `score`.
+        """
+        scoring = self.scoring
+        if scoring is None:
+            return Combined(score=float(patch_errors.mean()), patch_scores=None, components=None,
+                            scoring_id=None)
+        pooled = pool(patch_errors, pooling=scoring.pooling, param=scoring.pooling_param)
+        if not scoring.fused:
+            return Combined(score=pooled, patch_scores=None, components={"cae": pooled}, scoring_id=None)
+        assert scoring.band_edges is not None and scoring.offset is not None
+        used, _ = scoring.entry_for(machine_id)
+        entry = self._entries[used]
+        distance = float(mahalanobis(coarse_bands(band_db, scoring.band_edges), mean=entry.mean,
+                                     precision=entry.precision))
+        cae_mean, cae_std = entry.stats["cae"]
+        env_mean, env_std = entry.stats["envelope"]
+        z_env = (distance - env_mean) / env_std
+        score = fuse([(pooled - cae_mean) / cae_std, z_env], offset=scoring.offset)
+        # Pooling is a weighted mean of sorted errors, so patch scores pooled give `score` (floors aside).
+        errors = np.asarray(patch_errors, dtype=np.float64)
+        patch_scores = fuse([(errors - cae_mean) / cae_std, z_env], offset=scoring.offset)
+        return Combined(score=float(score), patch_scores=np.asarray(patch_scores),
+                        components={"cae": pooled, "envelope": distance}, scoring_id=used)
 
     def is_anomalous(self, score: float) -> bool:
         return score > self.threshold
+
+
+def _entries(scoring: Scoring | None) -> dict[str | None, _Entry]:
+    """A fused bundle's entries as arrays, keyed by machine ID (None: model-wide), built once per load."""
+    if scoring is None or not scoring.fused:
+        return {}
+    found = {None: scoring.model_wide, **(scoring.per_id or {})}
+    return {
+        key: _Entry(
+            mean=np.asarray(entry.envelope.mean, dtype=np.float64),
+            precision=np.ascontiguousarray(entry.envelope.precision, dtype=np.float64),
+            stats={name: (s.mean, s.std) for name, s in entry.standardisation.items()},
+        )
+        for key, entry in found.items()
+        if entry is not None
+    }

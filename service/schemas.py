@@ -10,7 +10,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.bundle import OnnxModel, Patching, Threshold, Training
+from service.bundle import (
+    OnnxModel,
+    Patching,
+    Pooling,
+    ScorerName,
+    Scoring,
+    ScoringEntry,
+    ScoresFrom,
+    Standardisation,
+    Threshold,
+    Training,
+)
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint, InputCheck
 
@@ -85,6 +96,42 @@ class Readiness(BaseModel):
 class PatchingInfo(Patching):
     seconds: float = Field(description="Length of one patch in seconds.")
     hop_seconds: float = Field(description="Time between the starts of two patches.")
+
+
+class EnvelopeInfo(BaseModel):
+    n_bands: int = Field(description="Coarse bands; the mean and precision stay in threshold.json.")
+    shrinkage: float
+    n_clips: int
+
+
+class ScoringEntryInfo(BaseModel):
+    envelope: EnvelopeInfo
+    standardisation: dict[ScorerName, Standardisation]
+
+
+class ScoringInfo(BaseModel):
+    """A bundle's `scoring` section (`service.bundle.Scoring`) without the envelope models' matrices."""
+
+    pooling: Pooling
+    pooling_param: float | None
+    scorers: list[ScorerName]
+    band_edges: list[int] | None
+    offset: float | None
+    standardised_from: ScoresFrom | None
+    model_wide: ScoringEntryInfo | None
+    per_id: dict[str, ScoringEntryInfo] | None
+
+    @classmethod
+    def of(cls, scoring: Scoring) -> ScoringInfo:
+        def entry(e: ScoringEntry) -> ScoringEntryInfo:
+            envelope = EnvelopeInfo(n_bands=len(e.envelope.mean), shrinkage=e.envelope.shrinkage,
+                                    n_clips=e.envelope.n_clips)
+            return ScoringEntryInfo(envelope=envelope, standardisation=e.standardisation)
+
+        fields = scoring.model_dump(exclude={"model_wide", "per_id"})
+        per_id = None if scoring.per_id is None else {k: entry(v) for k, v in scoring.per_id.items()}
+        wide = None if scoring.model_wide is None else entry(scoring.model_wide)
+        return cls(**fields, model_wide=wide, per_id=per_id)
 
 
 class ModelInfo(BaseModel):
@@ -169,6 +216,9 @@ class ModelInfo(BaseModel):
     )
     model: OnnxModel | None = Field(None, description="The ONNX file, its sha256 and graph names.")
     versions: dict[str, str] | None = None
+    scoring: ScoringInfo | None = Field(
+        None, description="How the clip score is made (pooling, fused scorers); null: the mean patch error."
+    )
 
 
 class ModelList(BaseModel):
@@ -191,7 +241,8 @@ class Segment(BaseModel):
     index: int
     start_s: float
     end_s: float
-    score: float = Field(description="Mean reconstruction error of the patches centred in this segment.")
+    score: float = Field(description="Mean reconstruction error of the patches centred in this segment "
+                         "(a fused model: their scores on the clip score's scale).")
     ratio: float = Field(description="score / threshold; above 1 this part alone looks anomalous.")
     n_patches: int
     worst: bool = Field(description="The segment with the highest score.")

@@ -115,7 +115,7 @@ def score_upload(
         min_seconds=max(min_seconds, detector.min_samples / rate),
         max_seconds=max_seconds,
     )
-    scored = detector.score(clip.samples)
+    scored = detector.score(clip.samples, machine_id=chosen.machine_id)
     if not np.isfinite(scored.patch_errors).all():
         # Finite float samples far beyond full scale (e.g. 1e30) overflow the float32
         # spectrogram; NaN would answer score null and decision "normal".
@@ -186,7 +186,7 @@ def group_segments(scored: Score, *, duration: float, threshold: float, seconds:
     index = np.floor(centres / seconds).astype(np.int64)
     segments = []
     for position, k in enumerate(np.unique(index)):
-        errors = scored.patch_errors[index == k]
+        errors = scored.segment_values[index == k]
         value = float(errors.mean())
         segments.append(
             Segment(

@@ -64,13 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="write a synthetic data set in the DCASE 2020 Task 2 layout")
     synth.add_argument("out", type=Path, help="folder to write OUT/<machine_type>/{train,test}/ into")
-    synth.add_argument("--machine-type", default="slider")
+    synth.add_argument("--machine-type", default="slider", help="slider (default), fan, pump or valve")
     synth.add_argument("--ids", type=_ids, default=("00", "02", "04", "06"), help="comma-separated, e.g. 00,02")
     synth.add_argument("--train", type=int, default=300, help="normal training clips per ID")
     synth.add_argument("--test-normal", type=int, default=100, help="normal test clips per ID")
     synth.add_argument("--test-anomaly", type=int, default=100, help="anomalous test clips per ID")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--snr-db", type=float, default=6.0, help="machine-to-background level")
+    synth.add_argument("--snr-db", default=None, metavar="DB|LOW:HIGH",
+                       help="machine-to-background level in dB, or a range drawn uniformly per clip "
+                            "(write --snr-db=-6:6); default: 6 for slider, -6:6 for fan, pump and valve")
     synth.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
     synth.set_defaults(handler=_synth)
 
@@ -102,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CAE code size (units of the dense bottleneck, default 16)")
     fit.add_argument("--code-frames", type=int, default=None,
                      help="CAE: time cells left before the code; time pools only down to them (default 2)")
+    fit.add_argument("--pooling", choices=("mean", "max", "topk", "gwrp"), default="mean",
+                     help="patch errors into the clip score: mean (default), max, topk (mean of the k "
+                          "largest) or gwrp (rank weights r**i)")
+    fit.add_argument("--pooling-param", type=float, default=None,
+                     help="topk: a fraction of the patches below 1 or a count (default 0.1); "
+                          "gwrp: r in (0, 1] (default 0.9)")
+    fit.add_argument("--scorer", choices=("cae", "cae+envelope"), default="cae",
+                     help="cae+envelope: fuse the CAE with a Gaussian on each clip's mean level per band, "
+                          "both standardised per machine ID on held-out normal scores")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
 
@@ -121,6 +132,37 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(handler=_calibrate)
 
+    benchmark = sub.add_parser(
+        "benchmark", help="fit and evaluate detector configurations over families, seeds and SNRs; QUALITY.md"
+    )
+    benchmark.add_argument("--out", type=Path, required=True, help="markdown file to write, e.g. QUALITY.md")
+    benchmark.add_argument("--json", type=Path, default=None, help="every number (default: OUT with .json)")
+    benchmark.add_argument("--work", type=Path, default=Path("reports/quality"),
+                           help="data sets, detector folders and logs, re-used by later runs")
+    benchmark.add_argument("--quick", action="store_true",
+                           help="a small grid for smoke checks (2 IDs, 20 + 10 + 10 clips, one seed, "
+                                "2 epochs, holdout calibration)")
+    benchmark.add_argument("--families", default=None, help="comma-separated (default slider,fan,pump,valve)")
+    benchmark.add_argument("--seeds", default=None, help="synthesiser seeds (default 0,1)")
+    benchmark.add_argument("--snr", default=None,
+                           help="SNR variants: 'default' (the family's own), dB, or LOW:HIGH drawn per clip "
+                                "(default: default,-6:0; write --snr=-6:0 when the list starts with '-')")
+    benchmark.add_argument("--detectors", default=None, help="configurations to run (default cae,dense)")
+    benchmark.add_argument("--detector", action="append", default=[], metavar="NAME=ARGS",
+                           help="add (or redefine) a configuration: NAME and its `fit` arguments, "
+                                "shell-split; may repeat")
+    benchmark.add_argument("--fit-seeds", default=None,
+                           help="fit seeds of every cell (default: the data set's seed)")
+    benchmark.add_argument("--fit-args", default=None, metavar="ARGS",
+                           help="`fit` arguments for every configuration, before its own "
+                                "(write --fit-args='--epochs 2')")
+    benchmark.add_argument("--ids", default=None, help="machine IDs (default 00,02,04,06)")
+    benchmark.add_argument("--train", default=None, help="training clips per ID (default 300)")
+    benchmark.add_argument("--test-normal", default=None, help="normal test clips per ID (100)")
+    benchmark.add_argument("--test-anomaly", default=None, help="anomalous test clips per ID (100)")
+    benchmark.add_argument("--duration", default=None, help="seconds per clip (default 10)")
+    benchmark.set_defaults(handler=_benchmark)
+
     from training.explore import add_explore_arguments, run_explore
     from training.report import add_evaluate_arguments, run_evaluate
 
@@ -139,10 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _synth(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from training.synth import generate_dataset
+    from training.synth import SynthError, generate_dataset, parse_snr
 
     ids = args.ids or ("00",)
-    total = len(ids) * (args.train + args.test_normal + args.test_anomaly)
+    try:
+        snr_db = None if args.snr_db is None else parse_snr(args.snr_db)
+    except SynthError as error:
+        raise CliError(f"--snr-db: {error}") from None
+    total = len(ids) * (max(args.train, 0) + max(args.test_normal, 0) + max(args.test_anomaly, 0))
     with tqdm(total=total, desc="synth", unit="clip") as bar:
         try:
             summary = generate_dataset(
@@ -154,10 +200,10 @@ def _synth(args: argparse.Namespace) -> None:
                 n_test_anomaly=args.test_anomaly,
                 seed=args.seed,
                 duration=args.duration,
-                snr_db=args.snr_db,
+                snr_db=snr_db,
                 progress=lambda done, _total: bar.update(done - bar.n),
             )
-        except ValueError as error:
+        except SynthError as error:
             raise CliError(str(error)) from None
     print(
         f"wrote {summary.n_train} train, {summary.n_test_normal} normal test and {summary.n_test_anomaly} "
@@ -198,6 +244,9 @@ def _fit(args: argparse.Namespace) -> None:
         cae=cae,
         calibration=args.calibration,
         folds=args.folds,
+        pooling=args.pooling,
+        pooling_param=args.pooling_param,
+        scorer=args.scorer,
         progress=not args.quiet,
     )
     from training.export import ExportError
@@ -231,6 +280,26 @@ def _calibrate(args: argparse.Namespace) -> None:
         except CalibrationError as error:
             raise CliError(str(error)) from None
     print(format_summary(result))
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    # Library code (training.benchmark) never imports this module; the options are parsed there.
+    from training.benchmark import BenchmarkConfigError, build_config, run_benchmark
+
+    try:
+        config = build_config(
+            quick=args.quick, families=args.families, seeds=args.seeds, snr=args.snr,
+            detectors=args.detectors, definitions=args.detector, fit_seeds=args.fit_seeds,
+            fit_args=args.fit_args, ids=args.ids, n_train=args.train, n_test_normal=args.test_normal,
+            n_test_anomaly=args.test_anomaly, duration=args.duration,
+        )
+    except BenchmarkConfigError as error:
+        raise CliError(str(error)) from None
+    outcome = run_benchmark(config, work=args.work, out=args.out, json_out=args.json,
+                            command=shlex.join(["asd-train", *args.argv]))
+    print(f"wrote {args.out} and {args.json or args.out.with_suffix('.json')}")
+    # 1, not 2: the options were fine, but some cells could not be made (listed as FAILED).
+    return 1 if outcome.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,11 @@
 3. scores the held-out normal clips through `service.detector.Detector` on
    that folder (the deployed scoring path), or takes the out-of-fold scores
    of a cross-fit (`Calibration`), and fits the gamma thresholds: the
-   model-wide one and one per machine ID;
+   model-wide one and one per machine ID. With the envelope scorer
+   (`Candidate.envelopes`) those held-out scores first give each scorer's
+   per-ID standardisation (`fit_scoring`), and the thresholds are fitted to
+   the fused scores of the same clips: per ID as a request naming the ID is
+   scored, model-wide as one without;
 4. writes `threshold.json` (`service.bundle.Bundle`) with the hash of the
    model and the training audio's input fingerprint, and loads the result
    once more with `Detector` as the service would.
@@ -35,19 +39,25 @@ from service.audio import AudioError, Channel, read_audio
 from service.bundle import (
     MODEL_FILE,
     Bundle,
+    EnvelopeModel,
     Features,
     GammaFit,
     Normalization,
     OnnxModel,
     Patching,
+    Pooling,
     ScoresFrom,
+    Scoring,
+    ScoringEntry,
+    Standardisation,
     Threshold,
     Training,
     sha256_of,
 )
-from service.detector import Detector
+from service.detector import Detector, Score
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint
+from service.scorers import FUSION_OFFSET, Gaussian, coarse_bands, fit_gaussian, fuse
 from training.dataset import Arch, Normalizer
 from training.model import INPUT_NAME, OUTPUT_NAME
 from training.threshold import DEFAULT_QUANTILE, calibrate
@@ -67,12 +77,62 @@ class ExportError(Exception):
 
 
 @dataclass(frozen=True)
+class RawScores:
+    """Calibration clips' scorer scores before standardisation, each of shape (n_clips,).
+
+    `cae`: the pooled patch error. `envelope_own`: the envelope distance under
+    the clip's own ID's Gaussian (the model-wide one for an ID without its own
+    entry), as a request naming that ID is scored; `envelope_wide`: under the
+    model-wide Gaussian, as a request without a machine ID.
+    """
+
+    cae: np.ndarray
+    envelope_own: np.ndarray | None = None
+    envelope_wide: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Envelopes:
+    """Envelope Gaussians on coarse bands `edges` (mel-bin boundaries): the model-wide one, some IDs' own."""
+
+    edges: list[int]
+    wide: Gaussian
+    per_id: dict[str, Gaussian]
+
+    def distances(self, band_db: np.ndarray, machine_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(own, wide) Mahalanobis distances, each (n,), of mean levels `band_db` (n, n_mels) in dB."""
+        x = coarse_bands(band_db, self.edges)
+        wide = np.asarray(self.wide.distance(x), dtype=np.float64).reshape(len(x))
+        own = wide.copy()
+        ids = np.asarray(machine_ids)
+        for machine_id, gaussian in self.per_id.items():
+            rows = ids == machine_id
+            if rows.any():
+                own[rows] = gaussian.distance(x[rows])
+        return own, wide
+
+
+def fit_envelopes(
+    band_db: np.ndarray, machine_ids: Sequence[str], *, edges: Sequence[int], own_ids: Sequence[str]
+) -> Envelopes:
+    """Gaussians of training clips' mean levels `band_db` (n, n_mels): all clips, and each of `own_ids`'."""
+    x = coarse_bands(band_db, edges)
+    ids = np.asarray(machine_ids)
+    return Envelopes(
+        edges=list(edges), wide=fit_gaussian(x), per_id={mid: fit_gaussian(x[ids == mid]) for mid in own_ids}
+    )
+
+
+@dataclass(frozen=True)
 class ExportResult:
     folder: Path
     bundle: Bundle
     threshold: Threshold
-    calibration_scores: np.ndarray  # (n_calibration_clips,)
+    calibration_scores: np.ndarray  # (n_calibration_clips,): each clip scored with its machine ID
     max_onnx_difference: float
+    # Fused bundles only: each clip scored without a machine ID (the model-wide threshold's); raw scores.
+    calibration_scores_wide: np.ndarray | None = None
+    raw_scores: RawScores | None = None
 
 
 def versions() -> dict[str, str]:
@@ -134,21 +194,40 @@ def check_onnx(model, path: Path, inputs: np.ndarray) -> float:
     return difference
 
 
+def score_clips(
+    detector: Detector,
+    paths: Sequence[Path],
+    *,
+    channel: Channel = 0,
+    machine_ids: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Score]:
+    """Each clip's `Score` through the deployed path: read_audio -> Detector.score (with its machine ID)."""
+    scored = []
+    for i, path in enumerate(paths):
+        clip = read_audio(path, sample_rate=detector.params.sample_rate, channel=channel)
+        machine_id = None if machine_ids is None else machine_ids[i]
+        scored.append(detector.score(clip.samples, machine_id=machine_id))
+        if progress is not None:
+            progress(1)
+    return scored
+
+
 def score_paths(
     detector: Detector,
     paths: Sequence[Path],
     *,
     channel: Channel = 0,
+    machine_ids: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Clip scores, shape (len(paths),), through the deployed path: read_audio -> Detector.score."""
-    scores = np.empty(len(paths), dtype=np.float64)
-    for i, path in enumerate(paths):
-        clip = read_audio(path, sample_rate=detector.params.sample_rate, channel=channel)
-        scores[i] = detector.score(clip.samples).score
-        if progress is not None:
-            progress(1)
-    return scores
+    """Clip scores, shape (len(paths),), through the deployed path: read_audio -> Detector.score.
+
+    `machine_ids` (one per path) score each clip as a request naming its ID;
+    only a fused bundle's scores depend on it.
+    """
+    scored = score_clips(detector, paths, channel=channel, machine_ids=machine_ids, progress=progress)
+    return np.asarray([s.score for s in scored], dtype=np.float64).reshape(len(paths))
 
 
 @dataclass(frozen=True)
@@ -157,8 +236,10 @@ class Calibration:
 
     `scores_from="holdout"`: `paths` are held-out clips, scored at export
     through the exported folder. `"cross_fit"`: `scores` (one per path) are
-    out-of-fold scores already computed by the fold models. `machine_ids`
-    (one per path) give each ID its own threshold.
+    out-of-fold scores already computed by the fold models; with the envelope
+    scorer `raw` holds the fold models' raw scores instead, which fix the
+    standardisation before they are fused. `machine_ids` (one per path) give
+    each ID its own threshold.
     """
 
     paths: Sequence[Path]
@@ -166,6 +247,7 @@ class Calibration:
     scores_from: ScoresFrom = "holdout"
     scores: np.ndarray | None = None
     folds: int | None = None
+    raw: RawScores | None = None
 
 
 @dataclass(frozen=True)
@@ -179,9 +261,21 @@ class Candidate:
     normalizer: Normalizer
     machine_type: str
     machine_ids: Sequence[str]
+    pooling: Pooling = "mean"
+    pooling_param: float | None = None
+    # fused: the cae+envelope scorer. `envelopes` are the exported model's Gaussians; a fold
+    # model's candidate has none (its fold's Gaussians score its held-out clips beside it).
+    envelopes: Envelopes | None = None
+    fused: bool = False
+
+    def cae_scoring(self) -> Scoring | None:
+        """The CAE's pooling alone; None for the mean, so a default export writes no `scoring` section."""
+        if self.pooling == "mean":
+            return None
+        return Scoring(pooling=self.pooling, pooling_param=self.pooling_param)
 
     def bundle(self, name: str, model_path: Path, threshold: Threshold, training: Training,
-               fingerprint: Fingerprint | None = None) -> Bundle:
+               fingerprint: Fingerprint | None = None, scoring: Scoring | None = None) -> Bundle:
         return Bundle(
             name=name,
             machine_type=self.machine_type,
@@ -198,6 +292,7 @@ class Candidate:
             training=training,
             versions=versions(),
             fingerprint=fingerprint,
+            scoring=scoring,
         )
 
 
@@ -218,30 +313,146 @@ def score_with_model(
     channel: Channel,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Scores of `paths` through `model` exported to a scratch folder and loaded by `Detector`.
+    """Scores of `paths`, shape (len(paths),), through `model` exported to a scratch folder for `Detector`.
 
     The fold models of a cross-fit score their held-out clips this way, so
     the calibration scores come from the deployed path, as the final model's.
+    The scores are the CAE's pooled errors (`Candidate.cae_scoring`).
+    """
+    return raw_scores_with_model(model, candidate, paths, machine_ids=None, envelopes=None, training=training,
+                                 channel=channel, progress=progress).cae
+
+
+def raw_scores_with_model(
+    model,  # keras.Model
+    candidate: Candidate,
+    paths: Sequence[Path],
+    *,
+    machine_ids: Sequence[str] | None,
+    envelopes: Envelopes | None,
+    training: Training,
+    channel: Channel,
+    progress: Callable[[int], None] | None = None,
+) -> RawScores:
+    """`score_with_model`'s pooled CAE errors and, with `envelopes` (a fold's), the envelope distances.
+
+    The distances come from the mean levels `Detector.score` computes (`Score.band_db`), as in the service.
     """
     work = Path(tempfile.mkdtemp(prefix=".fold-"))
     try:
         model_path = work / MODEL_FILE
         to_onnx(model, model_path, arch=candidate.arch)
-        candidate.bundle(work.name, model_path, _placeholder(DEFAULT_QUANTILE), training).write(work)
+        candidate.bundle(work.name, model_path, _placeholder(DEFAULT_QUANTILE), training,
+                         scoring=candidate.cae_scoring()).write(work)
         try:
-            return score_paths(Detector(work), paths, channel=channel, progress=progress)
+            scored = score_clips(Detector(work), paths, channel=channel, progress=progress)
         except AudioError as error:
             raise ExportError(f"a calibration clip became unreadable: {error}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return _raw(scored, machine_ids, envelopes)
+
+
+def _raw(
+    scored: Sequence[Score], machine_ids: Sequence[str] | None, envelopes: Envelopes | None
+) -> RawScores:
+    cae = np.asarray([s.score for s in scored], dtype=np.float64).reshape(len(scored))
+    if envelopes is None:
+        return RawScores(cae=cae)
+    assert machine_ids is not None
+    levels = np.asarray([s.band_db for s in scored], dtype=np.float64)
+    own, wide = envelopes.distances(levels, machine_ids)
+    return RawScores(cae=cae, envelope_own=own, envelope_wide=wide)
+
+
+def standardisation(values: np.ndarray) -> Standardisation:
+    """Mean and sample std (ddof 1) of one scorer's held-out normal scores, shape (n,), n >= 2."""
+    x = np.asarray(values, dtype=np.float64)
+    std = float(np.std(x, ddof=1)) if x.size >= 2 else 0.0
+    if not std > 0:
+        raise ExportError(f"{x.size} held-out scores with no spread; they cannot standardise a scorer")
+    return Standardisation(mean=float(np.mean(x)), std=std, n_clips=int(x.size))
+
+
+def _envelope_model(gaussian: Gaussian) -> EnvelopeModel:
+    return EnvelopeModel(mean=gaussian.mean.tolist(), precision=gaussian.precision.tolist(),
+                         shrinkage=gaussian.shrinkage, n_clips=gaussian.n_clips)
+
+
+def fit_scoring(
+    raw: RawScores, machine_ids: Sequence[str], *, candidate: Candidate, scores_from: ScoresFrom
+) -> Scoring:
+    """The fused `scoring` section: `candidate.envelopes` and each scorer's standardisation from `raw`.
+
+    `raw` must be held-out scores (a holdout's validation clips, a cross-fit's
+    out-of-fold scores): in-sample scores would make the model look tighter
+    than it is on new clips. Model-wide: all clips' CAE scores and model-wide
+    envelope distances; an ID with its own Gaussian: its clips' CAE scores and
+    own-Gaussian distances.
+    """
+    envelopes = candidate.envelopes
+    if envelopes is None or raw.envelope_own is None or raw.envelope_wide is None:
+        raise ExportError("the envelope scorer needs envelope models and the calibration clips' distances")
+    ids = np.asarray(machine_ids)
+    per_id = {}
+    for machine_id, gaussian in sorted(envelopes.per_id.items()):
+        rows = ids == machine_id
+        if int(rows.sum()) < MIN_ID_CLIPS:
+            raise ExportError(f"machine ID {machine_id} has its own envelope model but {int(rows.sum())} "
+                              f"calibration clips; it needs {MIN_ID_CLIPS} for its standardisation")
+        per_id[machine_id] = ScoringEntry(
+            envelope=_envelope_model(gaussian),
+            standardisation={"cae": standardisation(raw.cae[rows]),
+                             "envelope": standardisation(raw.envelope_own[rows])},
+        )
+    wide = ScoringEntry(
+        envelope=_envelope_model(envelopes.wide),
+        standardisation={"cae": standardisation(raw.cae), "envelope": standardisation(raw.envelope_wide)},
+    )
+    return Scoring(
+        pooling=candidate.pooling, pooling_param=candidate.pooling_param, scorers=["cae", "envelope"],
+        band_edges=list(envelopes.edges), offset=FUSION_OFFSET, standardised_from=scores_from,
+        model_wide=wide, per_id=per_id or None,
+    )
+
+
+def fused_scores(
+    raw: RawScores, machine_ids: Sequence[str], scoring: Scoring
+) -> tuple[np.ndarray, np.ndarray]:
+    """(own, wide) fused scores, each (n,), of raw scores under `scoring`'s standardisation.
+
+    own: each clip with its ID's entry (the model-wide one for an ID without);
+    wide: every clip with the model-wide entry. The arithmetic of `Detector.combine`.
+    """
+    assert raw.envelope_own is not None and raw.envelope_wide is not None and scoring.offset is not None
+
+    def fused(rows: np.ndarray, envelope: np.ndarray, entry: ScoringEntry) -> np.ndarray:
+        cae, env = entry.standardisation["cae"], entry.standardisation["envelope"]
+        return np.asarray(fuse([(raw.cae[rows] - cae.mean) / cae.std, (envelope[rows] - env.mean) / env.std],
+                               offset=scoring.offset), dtype=np.float64).reshape(int(rows.sum()))
+
+    ids = np.asarray(machine_ids)
+    everything = np.ones(len(ids), dtype=bool)
+    assert scoring.model_wide is not None
+    wide = fused(everything, raw.envelope_wide, scoring.model_wide)
+    own = wide.copy()
+    for machine_id, entry in (scoring.per_id or {}).items():
+        rows = ids == machine_id
+        own[rows] = fused(rows, raw.envelope_own, entry)
+    return own, wide
 
 
 def fit_thresholds(
-    scores: np.ndarray, machine_ids: Sequence[str], *, quantile: float, calibration: Calibration
+    scores: np.ndarray, machine_ids: Sequence[str], *, quantile: float, calibration: Calibration,
+    wide_scores: np.ndarray | None = None,
 ) -> Threshold:
-    """The model-wide threshold of all `scores` and each ID's own (IDs with `MIN_ID_CLIPS` scores or more)."""
+    """The model-wide threshold of all `scores` and each ID's own (IDs with `MIN_ID_CLIPS` scores or more).
+
+    `wide_scores` (fused bundles): the same clips scored without a machine ID,
+    for the model-wide threshold, which serves requests that name none.
+    """
     ids = np.asarray(machine_ids)
-    overall = calibrate(scores, quantile=quantile)
+    overall = calibrate(scores if wide_scores is None else wide_scores, quantile=quantile)
     per_id = {
         mid: calibrate(scores[ids == mid], quantile=quantile)
         for mid in sorted(set(machine_ids))
@@ -280,16 +491,36 @@ def export_detector(
         model_path = work / MODEL_FILE
         to_onnx(model, model_path, arch=candidate.arch)
         difference = check_onnx(model, model_path, check_inputs)
-        if calibration.scores is not None:
-            scores = np.asarray(calibration.scores, dtype=np.float64)
+        ids = calibration.machine_ids
+        scored: list[Score] | None = None
+        if calibration.raw is not None:
+            raw = calibration.raw
+        elif calibration.scores is not None:
+            raw = RawScores(cae=np.asarray(calibration.scores, dtype=np.float64))
         else:
-            candidate.bundle(out.name, model_path, _placeholder(quantile), training).write(work)
+            candidate.bundle(out.name, model_path, _placeholder(quantile), training,
+                             scoring=candidate.cae_scoring()).write(work)
             try:
-                scores = score_paths(Detector(work), calibration.paths, channel=channel, progress=progress)
+                scored = score_clips(Detector(work), calibration.paths, channel=channel, progress=progress)
             except AudioError as error:
                 raise ExportError(f"a calibration clip became unreadable during export: {error}") from None
-        threshold = fit_thresholds(scores, calibration.machine_ids, quantile=quantile, calibration=calibration)
-        bundle = candidate.bundle(out.name, model_path, threshold, training, fingerprint)
+            raw = _raw(scored, ids, candidate.envelopes)
+        scores, wide = raw.cae, None
+        scoring = candidate.cae_scoring()
+        if candidate.fused:
+            scoring = fit_scoring(raw, ids, candidate=candidate, scores_from=calibration.scores_from)
+            if scored is None:  # out-of-fold: the fold models are gone, their raw scores remain
+                scores, wide = fused_scores(raw, ids, scoring)
+            else:  # held out: rescored by the exported folder itself, as the service will score them
+                placeholder = _placeholder(quantile)
+                candidate.bundle(out.name, model_path, placeholder, training, scoring=scoring).write(work)
+                final = Detector(work)
+                scores = np.asarray([final.combine(s.patch_errors, s.band_db, machine_id=mid).score
+                                     for s, mid in zip(scored, ids, strict=True)], dtype=np.float64)
+                wide = np.asarray([final.combine(s.patch_errors, s.band_db).score for s in scored],
+                                  dtype=np.float64)
+        threshold = fit_thresholds(scores, ids, quantile=quantile, calibration=calibration, wide_scores=wide)
+        bundle = candidate.bundle(out.name, model_path, threshold, training, fingerprint, scoring=scoring)
         bundle.write(work)
         Detector(work)  # the folder as the service will load it: hash, graph shape, schema
         _replace(work, out)
@@ -297,7 +528,9 @@ def export_detector(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return ExportResult(
-        folder=out, bundle=bundle, threshold=threshold, calibration_scores=scores, max_onnx_difference=difference
+        folder=out, bundle=bundle, threshold=threshold, calibration_scores=scores,
+        max_onnx_difference=difference, calibration_scores_wide=wide,
+        raw_scores=raw if candidate.fused else None,
     )
 
 

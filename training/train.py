@@ -13,6 +13,11 @@ The steps, each timed for the fit summary:
    from the validation clips scored through the deployed `Detector`,
    `threshold.json`.
 
+`--pooling` and `--scorer cae+envelope` change how the clip score is made
+(`service.scorers`); the envelope Gaussians are fitted on the clips the
+scoring model trained on (each fold's own in a cross-fit), so the held-out
+scores that standardise and calibrate them are honest.
+
 TensorFlow is imported only when training starts, so a wrong data folder
 is reported at once rather than after TensorFlow's import.
 """
@@ -32,9 +37,10 @@ import numpy as np
 from tqdm import tqdm
 
 from service.audio import Channel
-from service.bundle import Threshold, ThresholdFit, Training
+from service.bundle import Pooling, Threshold, ThresholdFit, Training
 from service.features import FeatureParams
 from service.inputcheck import build_fingerprint
+from service.scorers import band_edges, check_pooling
 from training.dataset import (
     Arch,
     DatasetError,
@@ -47,7 +53,17 @@ from training.dataset import (
     patch_array,
     split_validation,
 )
-from training.export import MAX_CHECK_PATCHES, Calibration, Candidate, export_detector, score_with_model
+from training.export import (
+    MAX_CHECK_PATCHES,
+    MIN_ID_CLIPS,
+    Calibration,
+    Candidate,
+    Envelopes,
+    RawScores,
+    export_detector,
+    fit_envelopes,
+    raw_scores_with_model,
+)
 from training.model import CaeConfig
 from training.threshold import MIN_CALIBRATION_CLIPS, quantile_for
 
@@ -67,6 +83,7 @@ ARCH_DEFAULTS: dict[str, dict[str, int]] = {
 
 
 CalibrationMode = Literal["auto", "cross-fit", "holdout"]
+ScorerChoice = Literal["cae", "cae+envelope"]
 # `auto` cross-fits while the smallest machine ID has fewer clips than this: a
 # 10 % holdout would leave each ID too few calibration clips for a threshold it
 # can trust (models/README.md, "Calibration"), and k + 1 fits of a few hundred
@@ -101,20 +118,35 @@ class FitOptions:
     features: FeatureParams = field(default_factory=FeatureParams)
     calibration: CalibrationMode = "auto"
     folds: int = DEFAULT_FOLDS
+    # How patch errors become the clip score, and whether the envelope scorer joins the CAE.
+    pooling: Pooling = "mean"
+    pooling_param: float | None = None  # None: the pooling's default (service.scorers)
+    scorer: ScorerChoice = "cae"
     workers: int = 2
     progress: bool = True
+
+    @property
+    def fused(self) -> bool:
+        return self.scorer == "cae+envelope"
 
     def resolved(self) -> FitOptions:
         """A copy with every None default filled in for `arch`, validated."""
         if self.arch not in ARCH_DEFAULTS:
             raise DatasetError(f"unknown architecture {self.arch!r}; choose cae or dense")
         defaults = ARCH_DEFAULTS[self.arch]
+        if self.scorer not in ("cae", "cae+envelope"):
+            raise DatasetError(f"unknown scorer {self.scorer!r}; choose cae or cae+envelope")
+        try:
+            pooling_param = check_pooling(self.pooling, self.pooling_param)
+        except ValueError as error:
+            raise DatasetError(f"--pooling {self.pooling}: {error}") from None
         done = replace(
             self,
             frames=defaults["frames"] if self.frames is None else self.frames,
             patch_hop=defaults["patch_hop"] if self.patch_hop is None else self.patch_hop,
             epochs=defaults["epochs"] if self.epochs is None else self.epochs,
             batch_size=defaults["batch_size"] if self.batch_size is None else self.batch_size,
+            pooling_param=pooling_param,
         )
         for name in ("frames", "patch_hop", "epochs", "batch_size"):
             if getattr(done, name) <= 0:
@@ -154,6 +186,11 @@ class FitSummary:
     calibration_ids: list[str]  # machine ID of each calibration score
     max_onnx_difference: float
     keras_model: object = field(default=None, repr=False, compare=False)  # the trained keras.Model
+    # cae+envelope: the calibration clips scored without a machine ID (the model-wide threshold's scores)
+    # and every scorer's raw held-out scores (training.export.RawScores) the standardisation came from.
+    calibration_scores_wide: np.ndarray | None = None
+    raw_scores: RawScores | None = None
+    scoring: str = "cae, mean pooling"
 
     @property
     def quantile(self) -> float:
@@ -198,6 +235,7 @@ class FitSummary:
             f"  time       features {s['features']:.1f} s, training {s['training']:.1f} s, "
             f"export {s['export']:.1f} s, total {s['total']:.1f} s",
             f"  onnx       max |onnx - keras| = {self.max_onnx_difference:.2e}",
+            f"  scoring    {self.scoring}",
             f"  threshold  {t.value:.6g} model-wide (gamma q={t.quantile:.3f} on {scored}); "
             f"empirical false-alarm rate {t.empirical_false_alarm_rate:.3f} (target {1 - t.quantile:.3f})",
             f"             {_precision(t)}",
@@ -210,13 +248,16 @@ class FitSummary:
         if not self.threshold.per_id:
             return ["  per ID     none: fewer than 10 calibration clips per ID; every ID uses the model-wide one"]
         ids = np.asarray(self.calibration_ids)
+        # The model-wide column: this ID's clips as a request without a machine ID scores them.
+        wide = self.calibration_scores_wide
+        wide = self.calibration_scores if wide is None else wide
         rows = [("ID", "threshold", "clips", "target", "empirical", "model-wide", "90 % interval", "for +/-3")]
         for mid, fit in self.threshold.per_id.items():
-            own = self.calibration_scores[ids == mid]
+            unnamed = float(np.mean(wide[ids == mid] > self.threshold.value))
             lo, hi = fit.false_alarm_interval or (float("nan"), float("nan"))
             rows.append((
                 mid, f"{fit.value:.6g}", str(fit.n_calibration_clips), f"{1 - fit.quantile:.3f}",
-                f"{fit.empirical_false_alarm_rate:.3f}", f"{float(np.mean(own > self.threshold.value)):.3f}",
+                f"{fit.empirical_false_alarm_rate:.3f}", f"{unnamed:.3f}",
                 f"{lo:.3f}-{hi:.3f}", str(fit.clips_for_3_points),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -419,6 +460,7 @@ class _Trained:
     val_loss: float | None
     fold_best_epochs: list[int] | None = None
     fold_val_losses: list[float] | None = None
+    envelopes: Envelopes | None = None  # the exported model's, fitted on the clips it trained on
 
 
 def run_fit(
@@ -484,7 +526,7 @@ def run_fit(
         result = export_detector(
             trained.model,
             out=Path(out),
-            candidate=_candidate(options, trained.normalizer, ids),
+            candidate=_candidate(options, trained.normalizer, ids, envelopes=trained.envelopes),
             check_inputs=trained.check_inputs,
             calibration=trained.calibration,
             channel=options.channel,
@@ -521,6 +563,9 @@ def run_fit(
         calibration_ids=list(trained.calibration.machine_ids),
         max_onnx_difference=result.max_onnx_difference,
         keras_model=trained.model,
+        calibration_scores_wide=result.calibration_scores_wide,
+        raw_scores=result.raw_scores,
+        scoring=_describe_scoring(options, trained.calibration),
     )
     for line in summary.lines():
         print(line, file=stream)
@@ -528,12 +573,40 @@ def run_fit(
     return summary
 
 
-def _candidate(options: FitOptions, normalizer: Normalizer, ids: Sequence[str]) -> Candidate:
+def _candidate(
+    options: FitOptions, normalizer: Normalizer, ids: Sequence[str], *, envelopes: Envelopes | None = None
+) -> Candidate:
     assert options.frames is not None and options.patch_hop is not None
     return Candidate(
         arch=options.arch, params=options.features, frames=options.frames, hop=options.patch_hop,
         normalizer=normalizer, machine_type=options.machine_type, machine_ids=list(ids),
+        pooling=options.pooling, pooling_param=options.pooling_param, envelopes=envelopes,
+        fused=options.fused,
     )
+
+
+def _describe_scoring(options: FitOptions, calibration: Calibration) -> str:
+    pooling = options.pooling
+    if options.pooling_param is not None:
+        pooling += f" {options.pooling_param:g}"
+    if not options.fused:
+        return f"cae, {pooling} pooling"
+    where = "out-of-fold" if calibration.scores_from == "cross_fit" else "held-out"
+    return (f"cae ({pooling} pooling) + envelope, each standardised per ID on {where} normal scores, "
+            "thresholds on the fused scores")
+
+
+def _envelopes(clips: Sequence[FeatureClip], options: FitOptions, *, own_ids: Sequence[str]) -> Envelopes:
+    """Envelope Gaussians of the scoring model's training clips: all of them and each of `own_ids`'."""
+    levels = np.stack([c.spec.mean(axis=1, dtype=np.float64) for c in clips])
+    return fit_envelopes(levels, [c.file.machine_id for c in clips],
+                         edges=band_edges(n_mels=options.features.n_mels), own_ids=own_ids)
+
+
+def _own_ids(clips: Sequence[FeatureClip]) -> list[str]:
+    """IDs with enough calibration clips for their own threshold, hence their own envelope entry."""
+    counts = Counter(c.file.machine_id for c in clips)
+    return sorted(mid for mid, n in counts.items() if n >= MIN_ID_CLIPS)
 
 
 def _fit_holdout(clips: list[FeatureClip], options: FitOptions, stream: TextIO) -> _Trained:
@@ -555,6 +628,7 @@ def _fit_holdout(clips: list[FeatureClip], options: FitOptions, stream: TextIO) 
     model, history = train_keras(x_train, x_val, options, stream=stream)
     # train_keras runs at least one epoch and raises on a non-finite loss, so both lists are full and finite.
     best = int(np.argmin(history["val_loss"]))
+    envelopes = _envelopes(train_clips, options, own_ids=_own_ids(val_clips)) if options.fused else None
     return _Trained(
         model=model, history=history, normalizer=normalizer, check_inputs=x_val,
         calibration=Calibration(
@@ -562,6 +636,7 @@ def _fit_holdout(clips: list[FeatureClip], options: FitOptions, stream: TextIO) 
             scores_from="holdout",
         ),
         train_clips=train_clips, val_clips=val_clips, best_epoch=best + 1, val_loss=history["val_loss"][best],
+        envelopes=envelopes,
     )
 
 
@@ -576,6 +651,9 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
     fold = assign_folds(clips, folds=k, seed=options.seed)
     print(f"{len(clips)} clips: {k}-fold cross-fit, then a final model on all of them", file=stream, flush=True)
     scores = np.empty(len(clips), dtype=np.float64)
+    own_ids = _own_ids(clips)
+    envelope_own = np.empty(len(clips), dtype=np.float64)
+    envelope_wide = np.empty(len(clips), dtype=np.float64)
     best_epochs: list[int] = []
     best_steps: list[int] = []
     val_losses: list[float] = []
@@ -597,10 +675,17 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
         best_steps.append((best + 1) * -(-len(x_kept) // options.batch_size))
         del x_kept
         val_losses.append(history["val_loss"][best])
-        scores[held] = score_with_model(
+        # Each fold's envelope Gaussians see only its training clips, as its CAE does.
+        raw = raw_scores_with_model(
             model, _candidate(options, normalizer, sorted({c.file.machine_id for c in clips})),
-            [c.file.path for c in out_clips], training=scratch, channel=options.channel,
+            [c.file.path for c in out_clips], machine_ids=[c.file.machine_id for c in out_clips],
+            envelopes=_envelopes(kept, options, own_ids=own_ids) if options.fused else None,
+            training=scratch, channel=options.channel,
         )
+        scores[held] = raw.cae
+        if options.fused:
+            assert raw.envelope_own is not None and raw.envelope_wide is not None
+            envelope_own[held], envelope_wide[held] = raw.envelope_own, raw.envelope_wide
         del model
     # The final model takes as many optimiser steps as the median fold model did up to its best epoch,
     # not as many epochs: with few clips the loss is still falling at the last epoch, and a model that
@@ -615,14 +700,18 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
                                  max_steps=steps)
     check_inputs = x_all[:MAX_CHECK_PATCHES].copy()
     del x_all
+    fused = options.fused
     return _Trained(
         model=model, history=history, normalizer=normalizer, check_inputs=check_inputs,
         calibration=Calibration(
             paths=[c.file.path for c in clips], machine_ids=[c.file.machine_id for c in clips],
             scores_from="cross_fit", scores=scores, folds=k,
+            raw=RawScores(cae=scores, envelope_own=envelope_own, envelope_wide=envelope_wide)
+            if fused else None,
         ),
         train_clips=list(clips), val_clips=[], best_epoch=epochs, val_loss=float(np.mean(val_losses)),
         fold_best_epochs=best_epochs, fold_val_losses=val_losses,
+        envelopes=_envelopes(clips, options, own_ids=own_ids) if fused else None,
     )
 
 

@@ -26,6 +26,7 @@ from service.bundle import (
     Normalization,
     OnnxModel,
     Patching,
+    Scoring,
     Threshold,
     ThresholdFit,
     Training,
@@ -67,11 +68,12 @@ def make_detector(
     curve: FalseAlarmCurve | None = None,
     fingerprint: Fingerprint | None = None,
     format_version: int = FORMAT_VERSION,
+    scoring: Scoring | None = None,
 ) -> Path:
     """Write model.onnx + threshold.json of a constant-factor "autoencoder" into `folder`.
 
     `per_id` gives machine IDs their own thresholds (a number becomes a fit without a curve),
-    `curve` is the model-wide threshold's false-alarm curve.
+    `curve` is the model-wide threshold's false-alarm curve, `scoring` the bundle's scoring section.
     """
     folder.mkdir(parents=True, exist_ok=True)
     params = FeatureParams()
@@ -112,6 +114,7 @@ def make_detector(
         versions={},
         fingerprint=fingerprint,
         format_version=format_version,
+        scoring=scoring,
     )
     bundle.write(folder)
     return folder

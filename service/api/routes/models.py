@@ -8,7 +8,7 @@ from service.api.deps import ModelDep, ReadyRegistryDep, SettingsDep, require_ap
 from service.api.errors import error_responses
 from service.api.openapi import DocstringRoute
 from service.registry import ModelEntry
-from service.schemas import ModelInfo, ModelList, PatchingInfo
+from service.schemas import ModelInfo, ModelList, PatchingInfo, ScoringInfo
 
 router = APIRouter(
     route_class=DocstringRoute, prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)]
@@ -62,5 +62,6 @@ def describe(entry: ModelEntry, *, default: bool) -> ModelInfo:
             "fingerprint": bundle.fingerprint,
             "model": bundle.model,
             "versions": bundle.versions,
+            "scoring": None if bundle.scoring is None else ScoringInfo.of(bundle.scoring),
         }
     )
