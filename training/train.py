@@ -63,6 +63,7 @@ from training.export import (
     export_detector,
     fit_envelopes,
     raw_scores_with_model,
+    score_with_model,
 )
 from training.model import CaeConfig
 from training.threshold import MIN_CALIBRATION_CLIPS, quantile_for
@@ -656,6 +657,7 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
     envelope_wide = np.empty(len(clips), dtype=np.float64)
     best_epochs: list[int] = []
     best_steps: list[int] = []
+    fold_level: list[dict[str | None, float]] = []
     val_losses: list[float] = []
     scratch = Training(
         trained_at=datetime.now(timezone.utc), data_root=data_root, n_clips=len(clips), n_validation_clips=0,
@@ -676,16 +678,20 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
         del x_kept
         val_losses.append(history["val_loss"][best])
         # Each fold's envelope Gaussians see only its training clips, as its CAE does.
+        # One export scores the held-out clips and, for the alignment below, the fold's own training clips.
+        both = out_clips + kept
         raw = raw_scores_with_model(
             model, _candidate(options, normalizer, sorted({c.file.machine_id for c in clips})),
-            [c.file.path for c in out_clips], machine_ids=[c.file.machine_id for c in out_clips],
+            [c.file.path for c in both], machine_ids=[c.file.machine_id for c in both],
             envelopes=_envelopes(kept, options, own_ids=own_ids) if options.fused else None,
             training=scratch, channel=options.channel,
         )
-        scores[held] = raw.cae
+        scores[held] = raw.cae[: len(out_clips)]
+        fold_level.append(_levels(raw.cae[len(out_clips):], [c.file.machine_id for c in kept]))
         if options.fused:
             assert raw.envelope_own is not None and raw.envelope_wide is not None
-            envelope_own[held], envelope_wide[held] = raw.envelope_own, raw.envelope_wide
+            envelope_own[held] = raw.envelope_own[: len(out_clips)]
+            envelope_wide[held] = raw.envelope_wide[: len(out_clips)]
         del model
     # The final model takes as many optimiser steps as the median fold model did up to its best epoch,
     # not as many epochs: with few clips the loss is still falling at the last epoch, and a model that
@@ -700,6 +706,19 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
                                  max_steps=steps)
     check_inputs = x_all[:MAX_CHECK_PATCHES].copy()
     del x_all
+    # Each fold model has its own score level (its initialisation and training path), and pooling
+    # the folds' scores adds those offsets to the spread: the threshold lands far above the final
+    # model's own normal scores (models/README.md, "Calibration"). So each out-of-fold score keeps
+    # its distance from its fold model's level on that model's training clips of the same ID, and is
+    # placed on the final model's level on its training clips.
+    ids = [c.file.machine_id for c in clips]
+    final_level = _levels(score_with_model(
+        model, _candidate(options, normalizer, sorted(set(ids))), [c.file.path for c in clips],
+        training=scratch, channel=options.channel,
+    ), ids)
+    for i, machine_id in enumerate(ids):
+        level = fold_level[fold[i]]
+        scores[i] += final_level.get(machine_id, final_level[None]) - level.get(machine_id, level[None])
     fused = options.fused
     return _Trained(
         model=model, history=history, normalizer=normalizer, check_inputs=check_inputs,
@@ -713,6 +732,14 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
         fold_best_epochs=best_epochs, fold_val_losses=val_losses,
         envelopes=_envelopes(clips, options, own_ids=own_ids) if fused else None,
     )
+
+
+def _levels(scores: np.ndarray, machine_ids: Sequence[str]) -> dict[str | None, float]:
+    """Median score per machine ID, and over all clips under the key None."""
+    ids = np.asarray(machine_ids)
+    levels: dict[str | None, float] = {None: float(np.median(scores))}
+    levels.update({mid: float(np.median(scores[ids == mid])) for mid in sorted(set(machine_ids))})
+    return levels
 
 
 def _patches(clips: list[FeatureClip], normalizer: Normalizer, options: FitOptions) -> np.ndarray:

@@ -116,3 +116,40 @@ def test_the_bundle_carries_the_training_audio_fingerprint(cross_fitted) -> None
     assert fingerprint is not None and fingerprint.n_clips == sum(CLIPS.values())
     assert fingerprint.per_id is not None and {k: v.n_clips for k, v in fingerprint.per_id.items()} == CLIPS
     assert len(fingerprint.band_db) == 128
+
+
+def test_out_of_fold_scores_are_put_on_the_final_models_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fold model f scores everything f points higher; the calibration scores must not inherit that."""
+    import training.train as train_module
+    from training.export import RawScores
+
+    clips = [
+        FeatureClip(file=ClipFile(path=Path(f"normal_id_{mid}_{i:08d}.wav"), machine_id=mid, label="normal"),
+                    spec=np.full((128, 40), float(i % 5)), seconds=1.0)
+        for mid in IDS for i in range(10)
+    ]
+    gap = {path: 0.01 * (i % 5) for i, path in enumerate(c.file.path for c in clips)}  # each clip's own
+    calls = iter(range(100))
+
+    def fake_train(x_train, x_val, options, **kwargs):
+        return next(calls), {"loss": [1.0], "val_loss": [1.0] if x_val is not None else []}
+
+    def fake_raw(model, candidate, paths, **kwargs):
+        # A held-out clip scores 0.5 above a training clip: the generalisation gap calibration must keep.
+        held = len(paths) - 8 * 2  # folds of 2 per ID, 2 IDs: 16 training clips per fold
+        cae = np.array([10.0 * model + gap[p] + (0.5 if k < held else 0.0) for k, p in enumerate(paths)])
+        return RawScores(cae=cae, envelope_own=None, envelope_wide=None)
+
+    def fake_score(model, candidate, paths, **kwargs):
+        return np.array([100.0 + gap[p] for p in paths])
+
+    monkeypatch.setattr(train_module, "train_keras", fake_train)
+    monkeypatch.setattr(train_module, "raw_scores_with_model", fake_raw)
+    monkeypatch.setattr(train_module, "score_with_model", fake_score)
+    options = FitOptions(frames=16, patch_hop=8, folds=5, progress=False).resolved()
+    trained = train_module._fit_cross(clips, options, io.StringIO(), data_root="x")
+    scores = trained.calibration.scores
+    expected = np.array([100.0 + gap[c.file.path] + 0.5 for c in clips])
+    # Without the alignment the scores would spread over 0..40 with the fold models' levels.
+    np.testing.assert_allclose(scores - np.median(scores), expected - np.median(expected), atol=0.011)
+    assert abs(np.median(scores) - np.median(expected)) < 0.02
