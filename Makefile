@@ -4,6 +4,7 @@
 #   make bench   scoring and serving benchmark; writes BENCHMARKS.md (2-5 minutes)
 #   make soak    long loopback load test of a real server (RELIABILITY.md)
 #   make quality detection quality over families, seeds and SNRs; writes QUALITY.md (hours; QUALITY_ARGS)
+#   make calibration does the calibrated false-alarm rate hold on fresh normal clips? CALIBRATION.md (~1 h)
 #   make docker-smoke   build the image, run it, score a real clip (needs a Docker engine)
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test bench soak quality audit docker-smoke lint install install-dev clean
+.PHONY: serve test bench soak quality calibration audit docker-smoke lint install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,9 @@ soak: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.reliability.soak --requests $${SOAK_REQUESTS:-10000} --concurrency $${SOAK_CONCURRENCY:-32}
 
 # The full default grid (README, "Quality benchmark"); an interrupted run resumes from reports/quality/.
+calibration: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.calibration --out CALIBRATION.md $(CALIBRATION_ARGS)
+
 quality: $(VENV)/.dev-installed
 	$(BIN)/python -m training.cli benchmark --out QUALITY.md $(QUALITY_ARGS)
 
