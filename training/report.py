@@ -511,7 +511,7 @@ def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Pa
     jobs = [(machine_id, path, label) for machine_id, id_clips in clips.items() for path, label in id_clips]
 
     def score_one(job: tuple[str, Path, int]) -> list[Score]:
-        _, path, _ = job
+        machine_id, path, _ = job
         decoded: dict[int, np.ndarray] = {}
         scores = []
         for detector in detectors:
@@ -519,7 +519,8 @@ def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Pa
             try:
                 if rate not in decoded:
                     decoded[rate] = read_audio(path, sample_rate=rate, channel=channel).samples
-                scores.append(detector.score(decoded[rate], per_bin=True))
+                # As a request naming the clip's machine: only a fused model's score depends on it.
+                scores.append(detector.score(decoded[rate], per_bin=True, machine_id=machine_id))
             except (AudioError, ClipTooShort) as error:
                 raise ClipError(f"{path}: {error}") from None
         return scores

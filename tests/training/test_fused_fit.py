@@ -160,3 +160,25 @@ def test_pooling_options_are_checked_before_training() -> None:
     with pytest.raises(DatasetError, match="scorer"):
         FitOptions(scorer="envelope").resolved()  # type: ignore[arg-type]
     assert FitOptions(pooling="topk").resolved().pooling_param == 0.1
+
+
+def test_evaluation_scores_each_clip_as_a_request_naming_its_machine(fits, data_root: Path) -> None:
+    from service.detector import Detector
+    from training.report import score_clips
+
+    _, out = fits["fused"]
+    detector = Detector(out)
+    paths = sorted((data_root / "slider" / "test").glob("normal_*.wav"))
+    clips = {mid: [(p, 0) for p in paths if f"_id_{mid}_" in p.name] for mid in IDS}
+    (scored,) = score_clips([detector], clips, progress=False, workers=1)
+    for mid in IDS:
+        got = scored.ids[mid]
+        files = got.files if hasattr(got, "files") else got["files"]
+        values = got.scores if hasattr(got, "scores") else got["scores"]
+        for file, value in zip(files, values, strict=True):
+            samples = read_audio(Path(file), sample_rate=16000).samples
+            assert value == pytest.approx(detector.score(samples, machine_id=mid).score, rel=1e-9)
+    # The ID matters for this model: scored without it, some clip's score differs.
+    samples = read_audio(paths[0], sample_rate=16000).samples
+    mid = paths[0].name.split("_")[2]
+    assert detector.score(samples).score != pytest.approx(detector.score(samples, machine_id=mid).score, rel=1e-6)
