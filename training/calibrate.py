@@ -39,12 +39,12 @@ from service.bundle import THRESHOLD_FILE, Bundle, CalibrationEvent, Threshold, 
 from service.detector import ClipTooShort, Detector, DetectorError
 from service.features import FeatureError
 from training.dataset import DatasetError, Skipped, list_clips, normalize_id, resolve_folder
-from training.export import ExportError, _check_replaceable, _replace
+from training.export import MIN_ID_CLIPS, ExportError, _check_replaceable, _replace
 from training.threshold import ThresholdError, calibrate
 
-# A gamma fit to fewer clips swings from one recording to the next (its 90 %
-# interval spans tens of points); below this a site threshold is refused.
-MIN_CLIPS = 10
+# The fewest clips `fit` gives an ID its own threshold from: a gamma fit to fewer swings from one
+# recording to the next (its 90 % interval spans tens of points), so a site threshold needs as many.
+MIN_CLIPS = MIN_ID_CLIPS
 
 
 class CalibrationError(Exception):
