@@ -45,7 +45,7 @@ class Run:
 
 
 def _run(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
 
@@ -54,8 +54,25 @@ def make_data(work: Path, *, seed: int, most: int, fresh: int) -> Path:
     """One synthetic data set per seed with `most` training clips per ID; made once, reused."""
     root = work / f"synth-seed{seed}"
     if not (root / "done").is_file():
-        _run([sys.executable, "-m", "training.cli", "synth", str(root), "--ids", ",".join(IDS),
-              "--train", str(most), "--test-normal", str(fresh), "--test-anomaly", "0", "--seed", str(seed)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "training.cli",
+                "synth",
+                str(root),
+                "--ids",
+                ",".join(IDS),
+                "--train",
+                str(most),
+                "--test-normal",
+                str(fresh),
+                "--test-anomaly",
+                "0",
+                "--seed",
+                str(seed),
+            ]
+        )
         (root / "done").write_text("ok\n")
     return root
 
@@ -78,8 +95,20 @@ def measure(work: Path, *, n: int, seed: int, fresh: int, most: int) -> Run:
     model = work / f"model-n{n}-seed{seed}"
     began = time.perf_counter()
     if not (model / "threshold.json").is_file():
-        _run([sys.executable, "-m", "training.cli", "fit", str(subset(root, n)), "--out", str(model),
-              "--seed", str(seed), "--quiet"])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "training.cli",
+                "fit",
+                str(subset(root, n)),
+                "--out",
+                str(model),
+                "--seed",
+                str(seed),
+                "--quiet",
+            ]
+        )
     seconds = time.perf_counter() - began
     detector = Detector(model)
     threshold = detector.bundle.threshold
@@ -101,17 +130,24 @@ def table(runs: list[Run], *, fresh: int) -> list[str]:
         f"Fresh normal clips per ID: {fresh}. Target false-alarm rate 0.100. Cells: the rate of the ID's own "
         "threshold on the fresh clips; `wide`: the model-wide threshold's rate on the same clips.",
         "",
-        "| clips per ID | seed | calibration | " + " | ".join(f"ID {m}" for m in IDS)
+        "| clips per ID | seed | calibration | "
+        + " | ".join(f"ID {m}" for m in IDS)
         + " | wide (mean over IDs) | fit s |",
         "| --- | --- | --- | " + " | ".join("---" for _ in IDS) + " | --- | --- |",
     ]
     for r in runs:
         cells = " | ".join(f"{r.own[m]:.3f} ({r.interval[m][0]:.2f}-{r.interval[m][1]:.2f})" for m in IDS)
-        lines.append(f"| {r.clips_per_id} | {r.seed} | {r.scores_from} | {cells} | "
-                     f"{np.mean(list(r.model_wide.values())):.3f} | {r.fit_seconds:.0f} |")
-    lines += ["", "Over seeds, per ID: mean (min-max) of the own threshold's rate on the fresh clips.", "",
-              "| clips per ID | seeds | " + " | ".join(f"ID {m}" for m in IDS) + " | all cells within |",
-              "| --- | --- | " + " | ".join("---" for _ in IDS) + " | --- |"]
+        lines.append(
+            f"| {r.clips_per_id} | {r.seed} | {r.scores_from} | {cells} | "
+            f"{np.mean(list(r.model_wide.values())):.3f} | {r.fit_seconds:.0f} |"
+        )
+    lines += [
+        "",
+        "Over seeds, per ID: mean (min-max) of the own threshold's rate on the fresh clips.",
+        "",
+        "| clips per ID | seeds | " + " | ".join(f"ID {m}" for m in IDS) + " | all cells within |",
+        "| --- | --- | " + " | ".join("---" for _ in IDS) + " | --- |",
+    ]
     for n in sorted({r.clips_per_id for r in runs}):
         group = [r for r in runs if r.clips_per_id == n]
         cells = []
@@ -141,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             print(f"n={n} seed={seed}: " + ", ".join(f"{m} {run.own[m]:.3f}" for m in IDS), flush=True)
     lines = table(runs, fresh=args.fresh)
-    head = [f"Measured on {platform.processor() or platform.machine()} ({os.cpu_count()} cores), "
-            f"{(time.perf_counter() - began) / 60:.0f} min in all.", ""]
+    head = [
+        f"Measured on {platform.processor() or platform.machine()} ({os.cpu_count()} cores), "
+        f"{(time.perf_counter() - began) / 60:.0f} min in all.",
+        "",
+    ]
     text = "\n".join(head + lines) + "\n"
     print(text)
     if args.out is not None:

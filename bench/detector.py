@@ -173,8 +173,9 @@ def train_detector(
     )
     log(f"  training and exporting {options.arch} ({epochs} epochs) ...")
     # The same fit as `asd-train fit`; the benchmark keeps its in-memory Keras model for the naive path.
-    summary = run_fit(machine_root, out, options, command="python -m bench.run (benchmark detector)",
-                      stream=io.StringIO())
+    summary = run_fit(
+        machine_root, out, options, command="python -m bench.run (benchmark detector)", stream=io.StringIO()
+    )
     return TrainedDetector(
         folder=out,
         keras_model=summary.keras_model,

@@ -118,7 +118,9 @@ def ours_total(detector, clip: Clip, timings: Timings, *, model_name: str = "sli
     return result.score
 
 
-def measure_ours(detector, clips: Sequence[Clip], *, model_name: str = "slider", warmup: int = 3) -> PipelineResult:
+def measure_ours(
+    detector, clips: Sequence[Clip], *, model_name: str = "slider", warmup: int = 3
+) -> PipelineResult:
     """Our pipeline on each clip: a staged pass, then `score_upload` end to end."""
     started = time.perf_counter()
     for clip in clips[:warmup]:
@@ -129,7 +131,11 @@ def measure_ours(detector, clips: Sequence[Clip], *, model_name: str = "slider",
         ours_staged(detector, clip, timings)
     scores = [ours_total(detector, clip, timings, model_name=model_name) for clip in clips]
     return PipelineResult(
-        name="ours", timings=timings, scores=scores, clip_seconds=sum(c.seconds for c in clips), warmup_s=warmup_s
+        name="ours",
+        timings=timings,
+        scores=scores,
+        clip_seconds=sum(c.seconds for c in clips),
+        warmup_s=warmup_s,
     )
 
 
@@ -172,11 +178,19 @@ def measure_both(
     other = None
     if other_detector is not None:
         other = PipelineResult(
-            name="ours (other settings)", timings=other_t, scores=other_scores, clip_seconds=seconds, warmup_s=warm[2]
+            name="ours (other settings)",
+            timings=other_t,
+            scores=other_scores,
+            clip_seconds=seconds,
+            warmup_s=warm[2],
         )
     return (
-        PipelineResult(name="ours", timings=ours_t, scores=ours_scores, clip_seconds=seconds, warmup_s=warm[0]),
-        PipelineResult(name="naive", timings=naive_t, scores=naive_scores, clip_seconds=seconds, warmup_s=warm[1]),
+        PipelineResult(
+            name="ours", timings=ours_t, scores=ours_scores, clip_seconds=seconds, warmup_s=warm[0]
+        ),
+        PipelineResult(
+            name="naive", timings=naive_t, scores=naive_scores, clip_seconds=seconds, warmup_s=warm[1]
+        ),
         other,
     )
 
@@ -216,7 +230,12 @@ class NaiveRecipe:
         )
 
 
-def naive_score(data: bytes, recipe: NaiveRecipe, predict: Callable[[np.ndarray], np.ndarray], timings: Timings | None = None) -> float:
+def naive_score(
+    data: bytes,
+    recipe: NaiveRecipe,
+    predict: Callable[[np.ndarray], np.ndarray],
+    timings: Timings | None = None,
+) -> float:
     """The pipeline a user would write with librosa and Keras, timed stage by stage."""
     import librosa
 
@@ -252,7 +271,11 @@ def naive_score(data: bytes, recipe: NaiveRecipe, predict: Callable[[np.ndarray]
 
 
 def measure_naive(
-    recipe: NaiveRecipe, predict: Callable[[np.ndarray], np.ndarray], clips: Sequence[Clip], *, warmup: int = 3
+    recipe: NaiveRecipe,
+    predict: Callable[[np.ndarray], np.ndarray],
+    clips: Sequence[Clip],
+    *,
+    warmup: int = 3,
 ) -> PipelineResult:
     started = time.perf_counter()
     for clip in clips[:warmup]:
@@ -261,7 +284,11 @@ def measure_naive(
     timings = Timings()
     scores = [naive_score(clip.data, recipe, predict, timings) for clip in clips]
     return PipelineResult(
-        name="naive", timings=timings, scores=scores, clip_seconds=sum(c.seconds for c in clips), warmup_s=warmup_s
+        name="naive",
+        timings=timings,
+        scores=scores,
+        clip_seconds=sum(c.seconds for c in clips),
+        warmup_s=warmup_s,
     )
 
 

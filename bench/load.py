@@ -80,8 +80,11 @@ class Server:
         """The processes that serve requests: the master's spawned workers, or the master alone."""
         if self.workers == 1:
             return [self.process.pid]
-        return [pid for pid in _children(self.process.pid) if "multiprocessing" in _cmdline(pid)
-                and "resource_tracker" not in _cmdline(pid)]
+        return [
+            pid
+            for pid in _children(self.process.pid)
+            if "multiprocessing" in _cmdline(pid) and "resource_tracker" not in _cmdline(pid)
+        ]
 
     def phases(self) -> dict[str, float]:
         """Seconds from Popen to the start-up steps the server logs (the last worker's, with several).
@@ -111,7 +114,9 @@ class Server:
             found["master"] = found["workers"][:1]
         return {k: round(max(v), 3) if v else float("nan") for k, v in found.items()}
 
-    def mapped_packages(self, names: Sequence[str] = ("scipy", "numba", "llvmlite", "tensorflow", "librosa")) -> list[str]:
+    def mapped_packages(
+        self, names: Sequence[str] = ("scipy", "numba", "llvmlite", "tensorflow", "librosa")
+    ) -> list[str]:
         """Which of these packages have native code mapped into any worker (so were imported)."""
         found = set()
         for pid in self.worker_pids():
@@ -120,7 +125,9 @@ class Server:
                     text = handle.read()
             except OSError:
                 continue
-            found.update(name for name in names if f"/site-packages/{name}/" in text or f"/{name}.libs/" in text)
+            found.update(
+                name for name in names if f"/site-packages/{name}/" in text or f"/{name}.libs/" in text
+            )
         return sorted(found)
 
     def memory(self) -> list[dict[str, float]]:
@@ -170,11 +177,21 @@ def start_server(
     log = open(log_path, "wb")  # noqa: SIM115 - the child keeps writing to it
     started, started_wall = time.perf_counter(), time.time()
     process = subprocess.Popen(
-        asd_serve_command(), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True
+        asd_serve_command(),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(REPO),
+        start_new_session=True,
     )
     log.close()
     server = Server(
-        process=process, port=port, workers=workers, log_path=log_path, started=started, started_wall=started_wall
+        process=process,
+        port=port,
+        workers=workers,
+        log_path=log_path,
+        started=started,
+        started_wall=started_wall,
     )
     deadline = started + ready_timeout
     with httpx.Client(timeout=2.0) as client:
@@ -244,8 +261,16 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
-async def _run_load(url: str, bodies: Sequence[bytes], content_type: str, *, concurrency: int, requests: int,
-                    path: str, timeout: float) -> LoadResult:
+async def _run_load(
+    url: str,
+    bodies: Sequence[bytes],
+    content_type: str,
+    *,
+    concurrency: int,
+    requests: int,
+    path: str,
+    timeout: float,
+) -> LoadResult:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     kinds: dict[str, int] = {}
@@ -311,11 +336,20 @@ class LoadGenerator:
         server_before = [_cpu_seconds(pid) for pid in self.server_pids]
         client_before = time.process_time()
         result = asyncio.run(
-            _run_load(self.url, self.bodies, self.content_type, concurrency=concurrency, requests=requests,
-                      path=self.path, timeout=self.timeout)
+            _run_load(
+                self.url,
+                self.bodies,
+                self.content_type,
+                concurrency=concurrency,
+                requests=requests,
+                path=self.path,
+                timeout=self.timeout,
+            )
         )
         client = time.process_time() - client_before
-        per_worker = [_cpu_seconds(pid) - before for pid, before in zip(self.server_pids, server_before)]
+        per_worker = [
+            _cpu_seconds(pid) - before for pid, before in zip(self.server_pids, server_before, strict=True)
+        ]
         server = sum(per_worker)
         if result.ok:
             result.client_cpu_ms = client * 1000 / requests

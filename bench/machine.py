@@ -8,7 +8,18 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 
-PACKAGES = ("numpy", "onnxruntime", "soundfile", "soxr", "fastapi", "uvicorn", "httpx", "librosa", "tensorflow-cpu", "keras")
+PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "soundfile",
+    "soxr",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "librosa",
+    "tensorflow-cpu",
+    "keras",
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,9 @@ def describe() -> Machine:
     return Machine(
         cpu=_cpu_model(),
         cores=os.cpu_count() or 1,
-        usable_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+        usable_cores=len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 1),
         cpu_quota=_cpu_quota(),
         ram_gb=round(_mem_total_kb() / 1024 / 1024, 1),
         os=f"{platform.system()} {platform.release()}",

@@ -20,7 +20,9 @@ class Target:
 
 
 def _f(value: float, digits: int = 1) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    )
 
 
 def ratio(results: Results, stage: str) -> float:
@@ -41,8 +43,10 @@ def _share_cause(row) -> str:
     """Why a run got less than the whole machine, as far as the workers' CPU split tells."""
     shares = row.worker_cpu_shares
     if len(shares) > 1 and max(shares) > 0.75:
-        return (f"one worker did {100 * max(shares):.0f} % of the server's work: the connections "
-                "were not spread over the workers")
+        return (
+            f"one worker did {100 * max(shares):.0f} % of the server's work: the connections "
+            "were not spread over the workers"
+        )
     return "the rest went to other processes"
 
 
@@ -71,17 +75,31 @@ def targets(results: Results) -> list[Target]:
         total = results.ours["stages"]["total"]["median_ms"]
         out.append(Target("in-process total <= 20 ms median per 10 s clip", f"{total:.2f} ms", total <= 20.0))
         speedup = ratio(results, "total")
-        out.append(Target(">= 5 x faster than the naive pipeline (same run)", f"{speedup:.1f} x", speedup >= 5.0))
+        out.append(
+            Target(">= 5 x faster than the naive pipeline (same run)", f"{speedup:.1f} x", speedup >= 5.0)
+        )
     row = http_row(results, 2, 8)
     if row is not None:
-        out.append(Target("HTTP, 2 workers, concurrency 8: >= 60 clips/s", f"{row.throughput:.1f} clips/s", row.throughput >= 60))
+        out.append(
+            Target(
+                "HTTP, 2 workers, concurrency 8: >= 60 clips/s",
+                f"{row.throughput:.1f} clips/s",
+                row.throughput >= 60,
+            )
+        )
         out.append(Target("... p99 <= 250 ms", f"{row.p99:.0f} ms", row.p99 <= 250))
         out.append(Target("... no errors", f"{row.errors} errors", row.errors == 0))
     else:
         out.append(Target("HTTP, 2 workers, concurrency 8", "not measured", None))
     for server in results.servers:
         cold = sorted(server.cold_start_s)[len(server.cold_start_s) // 2]
-        out.append(Target(f"cold start to /ready <= 3 s ({server.workers} worker(s), median)", f"{cold:.2f} s", cold <= 3.0))
+        out.append(
+            Target(
+                f"cold start to /ready <= 3 s ({server.workers} worker(s), median)",
+                f"{cold:.2f} s",
+                cold <= 3.0,
+            )
+        )
         worst = max((m["VmRSS"] for m in server.memory), default=float("nan"))
         out.append(
             Target(
@@ -90,7 +108,11 @@ def targets(results: Results) -> list[Target]:
                 worst <= 300 if not math.isnan(worst) else None,
             )
         )
-    out.append(Target("`make bench` within 10 minutes", f"{results.duration_s / 60:.1f} min", results.duration_s <= 600))
+    out.append(
+        Target(
+            "`make bench` within 10 minutes", f"{results.duration_s / 60:.1f} min", results.duration_s <= 600
+        )
+    )
     return out
 
 
@@ -157,7 +179,9 @@ def text_table(results: Results) -> str:
     if results.http:
         lines.append("")
         lines.append("HTTP (multipart uploads, loopback)")
-        lines.append(f"{'workers':>7} {'conc':>5} {'clips/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        lines.append(
+            f"{'workers':>7} {'conc':>5} {'clips/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}"
+        )
         for row in results.http:
             lines.append(
                 f"{row.workers:>7} {row.concurrency:>5} {_f(row.throughput):>8} {_f(row.p50):>8} {_f(row.p95):>8}"
@@ -325,7 +349,9 @@ def render(results: Results, *, quick: bool = False) -> str:
         settings = {s.workers: s.settings for s in results.servers}
         for row in results.http:
             st = settings.get(row.workers, {})
-            kinds = f" ({', '.join(f'{k}: {v}' for k, v in row.error_kinds.items())})" if row.error_kinds else ""
+            kinds = (
+                f" ({', '.join(f'{k}: {v}' for k, v in row.error_kinds.items())})" if row.error_kinds else ""
+            )
             out.append(
                 f"| {row.workers} | {st.get('intra_op_threads', '?')} / {st.get('scoring_concurrency', '?')} | "
                 f"{row.concurrency} | {row.requests} | {_f(row.throughput)} | {_f(row.p50)} | {_f(row.p95)} | "
@@ -381,7 +407,10 @@ def render(results: Results, *, quick: bool = False) -> str:
             "| ---: | --- | --- | --- |",
         ]
         for s in results.servers:
-            cells = [", ".join(_f(p.get(k, float("nan")), 2) for p in s.phases) for k in ("master", "workers", "loaded")]
+            cells = [
+                ", ".join(_f(p.get(k, float("nan")), 2) for p in s.phases)
+                for k in ("master", "workers", "loaded")
+            ]
             out.append(f"| {s.workers} | {' | '.join(cells)} |")
         out.append("")
 

@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +67,16 @@ class Config:
         return self.requests.get(concurrency, max(self.requests.values()))
 
 
-QUICK = dict(
-    synthetic_normal_per_id=10,
-    synthetic_anomaly_per_id=5,
-    train_per_id=12,
-    epochs=1,
-    concurrency=(1, 8),
-    requests={1: 30, 8: 80},
-    rss_after_requests=200,
-    cold_starts=1,
-)
+QUICK = {
+    "synthetic_normal_per_id": 10,
+    "synthetic_anomaly_per_id": 5,
+    "train_per_id": 12,
+    "epochs": 1,
+    "concurrency": (1, 8),
+    "requests": {1: 30, 8: 80},
+    "rss_after_requests": 200,
+    "cold_starts": 1,
+}
 
 
 @dataclass
@@ -166,10 +166,12 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
 
     started = time.perf_counter()
     results = Results(
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         machine=machine_info.describe().to_dict(),
         load_at_end=None,
-        config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "predict"},
+        config={
+            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "predict"
+        },
         commands=[],
         clips={},
         detector={},
@@ -179,7 +181,9 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         http=[],
         servers=[],
     )
-    log(f"machine: {results.machine['cpu']}, {results.machine['cores']} cores, load {results.machine['load_average']}")
+    log(
+        f"machine: {results.machine['cpu']}, {results.machine['cores']} cores, load {results.machine['load_average']}"
+    )
 
     # 1. clips and detector
     log("clips: rendering synthetic slider clips ...")
@@ -210,7 +214,9 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     if need_training:
         architecture = reference_architecture(config.reference_model)
         log(f"detector: training on the synthetic clips (architecture from {architecture.source}) ...")
-        trained = train_detector(machine_root, model_dir, architecture=architecture, epochs=config.epochs, log=log)
+        trained = train_detector(
+            machine_root, model_dir, architecture=architecture, epochs=config.epochs, log=log
+        )
         predict = keras_predict(trained.keras_model)
         results.detector = {
             "trained": True,
@@ -234,7 +240,8 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         arch=bundle.model.arch,
         frames=bundle.patching.frames,
         hop=bundle.patching.hop,
-        patches_per_10s=1 + (detector.params.n_frames(10 * detector.params.sample_rate) - bundle.patching.frames)
+        patches_per_10s=1
+        + (detector.params.n_frames(10 * detector.params.sample_rate) - bundle.patching.frames)
         // bundle.patching.hop,
         packed_mel_filters=bundle.features.mel_filters is not None,
         intra_op_threads_in_process=settings_1.intra_op_threads,
@@ -242,7 +249,9 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     )
 
     # 2. in-process
-    log(f"in-process: ours and the naive pipeline (librosa + Keras predict), clip by clip, on {len(clips)} clips ...")
+    log(
+        f"in-process: ours and the naive pipeline (librosa + Keras predict), clip by clip, on {len(clips)} clips ..."
+    )
     recipe = inprocess.NaiveRecipe.from_detector(detector)
     # The same model on one onnxruntime thread (ASD_ORT_THREADS=1), when the default is more.
     single = Detector(model_dir, intra_op_threads=1) if settings_1.intra_op_threads > 1 else None
@@ -277,7 +286,9 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     from bench.startup import import_profile
 
     results.imports = asdict(import_profile())
-    log(f"imports of a worker: {results.imports['total_ms']:.0f} ms; heavy packages: {results.imports['heavy'] or 'none'}")
+    log(
+        f"imports of a worker: {results.imports['total_ms']:.0f} ms; heavy packages: {results.imports['heavy'] or 'none'}"
+    )
     for workers in config.workers:
         settings = Settings(workers=workers, models_dir=models_dir)
         row = ServerRow(
@@ -293,7 +304,9 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
             },
         )
         for attempt in range(config.cold_starts):
-            log(f"http: starting asd-serve with {workers} worker(s) (start {attempt + 1}/{config.cold_starts}) ...")
+            log(
+                f"http: starting asd-serve with {workers} worker(s) (start {attempt + 1}/{config.cold_starts}) ..."
+            )
             server = load.start_server(models_dir, workers=workers, log_dir=workdir / "logs")
             row.cold_start_s.append(server.cold_start_s)
             row.all_ready_s.append(server.all_ready_s)
@@ -339,8 +352,10 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
             row.requests_served = generator.sent
             row.memory = server.memory()
             row.heavy_packages_loaded = server.mapped_packages()
-            log(f"  resident memory after {generator.sent} requests: "
-                + ", ".join(f"{m['VmRSS']:.0f} MB" for m in row.memory))
+            log(
+                f"  resident memory after {generator.sent} requests: "
+                + ", ".join(f"{m['VmRSS']:.0f} MB" for m in row.memory)
+            )
         results.servers.append(row)
         results.commands.append(
             f"ASD_HOST=127.0.0.1 ASD_PORT=<free port> ASD_WORKERS={workers} ASD_MODELS_DIR=<workdir>/models "
@@ -371,12 +386,18 @@ def _relative(part: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default BENCHMARKS.md)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default BENCHMARKS.md)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     parser.add_argument("--quick", action="store_true", help="fewer clips and requests (not for the record)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (clips, model, logs)")
     parser.add_argument(
-        "--render", type=Path, default=None, metavar="JSON", help="only write the report of saved results (--json)"
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only write the report of saved results (--json)",
     )
     args = parser.parse_args(argv)
 

@@ -19,7 +19,9 @@ class ImportProfile:
 
 
 def import_profile(python: str = sys.executable, top: int = 8) -> ImportProfile:
-    result = subprocess.run([python, "-X", "importtime", "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [python, "-X", "importtime", "-c", SCRIPT], capture_output=True, text=True, timeout=300, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"building the app failed:\n{result.stderr[-2000:]}")
     packages: dict[str, float] = {}

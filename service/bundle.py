@@ -60,7 +60,9 @@ class Features(_Strict):
         if self.mel_filters is not None:
             self.mel_basis()  # raises on a filter bank of the wrong size
             if len(self.mel_filters.first_bin) != self.n_mels:
-                raise ValueError(f"mel_filters has {len(self.mel_filters.first_bin)} rows, n_mels is {self.n_mels}")
+                raise ValueError(
+                    f"mel_filters has {len(self.mel_filters.first_bin)} rows, n_mels is {self.n_mels}"
+                )
         return self
 
     def params(self) -> FeatureParams:
@@ -154,8 +156,10 @@ class FalseAlarmCurve(_Strict):
     def threshold_for(self, rate: float) -> float:
         """The threshold for a false-alarm rate in [lowest, highest]; ValueError outside."""
         if not self.lowest <= rate <= self.highest:
-            raise ValueError(f"false-alarm rate {rate:g} is outside the calibrated range "
-                             f"[{self.lowest:g}, {self.highest:g}]")
+            raise ValueError(
+                f"false-alarm rate {rate:g} is outside the calibrated range "
+                f"[{self.lowest:g}, {self.highest:g}]"
+            )
         logit = np.log(np.asarray(self.rates)) - np.log1p(-np.asarray(self.rates))
         x = np.log(rate) - np.log1p(-rate)
         return float(np.interp(x, logit, np.asarray(self.values)))
@@ -193,8 +197,10 @@ class ThresholdFit(_Strict):
         if rate is None:
             return self.value
         if self.curve is None:
-            raise ValueError("this threshold was exported without a false-alarm curve; recalibrate the model "
-                             "(asd-train calibrate) to choose another false-alarm rate")
+            raise ValueError(
+                "this threshold was exported without a false-alarm curve; recalibrate the model "
+                "(asd-train calibrate) to choose another false-alarm rate"
+            )
         return self.curve.threshold_for(rate)
 
 
@@ -259,8 +265,11 @@ class EnvelopeModel(_Strict):
     @model_validator(mode="after")
     def _positive_definite(self) -> EnvelopeModel:
         k = len(self.mean)
-        matrix = np.asarray(self.precision, dtype=np.float64) if all(
-            len(row) == k for row in self.precision) and len(self.precision) == k else None
+        matrix = (
+            np.asarray(self.precision, dtype=np.float64)
+            if all(len(row) == k for row in self.precision) and len(self.precision) == k
+            else None
+        )
         if matrix is None:
             raise ValueError(f"envelope precision must be {k} x {k}, as its mean has {k} bands")
         if not (np.isfinite(matrix).all() and np.isfinite(self.mean).all()):
@@ -339,12 +348,14 @@ class Scoring(_Strict):
         if check_pooling(self.pooling, self.pooling_param) != self.pooling_param:
             raise ValueError(f"pooling {self.pooling} needs its parameter stated (pooling_param)")
         if self.scorers not in (["cae"], ["cae", "envelope"]):
-            raise ValueError(f"scorers must be [\"cae\"] or [\"cae\", \"envelope\"], got {self.scorers}")
+            raise ValueError(f'scorers must be ["cae"] or ["cae", "envelope"], got {self.scorers}')
         parts = (self.band_edges, self.offset, self.standardised_from, self.model_wide, self.per_id)
         if not self.fused:
             if any(part is not None for part in parts):
-                raise ValueError("band_edges, offset, standardised_from, model_wide and per_id belong to "
-                                 "fused scorers only")
+                raise ValueError(
+                    "band_edges, offset, standardised_from, model_wide and per_id belong to "
+                    "fused scorers only"
+                )
             return self
         if self.band_edges is None or self.offset is None or self.model_wide is None:
             raise ValueError("the envelope scorer needs band_edges, offset and model_wide")
@@ -353,11 +364,15 @@ class Scoring(_Strict):
             raise ValueError("band_edges must increase strictly from 0")
         for name, entry in [("model_wide", self.model_wide), *(self.per_id or {}).items()]:
             if len(entry.envelope.mean) != edges.size - 1:
-                raise ValueError(f"scoring entry {name}: {len(entry.envelope.mean)} envelope bands, "
-                                 f"band_edges give {edges.size - 1}")
+                raise ValueError(
+                    f"scoring entry {name}: {len(entry.envelope.mean)} envelope bands, "
+                    f"band_edges give {edges.size - 1}"
+                )
             if sorted(entry.standardisation) != sorted(self.scorers):
-                raise ValueError(f"scoring entry {name}: standardisation of {sorted(entry.standardisation)}, "
-                                 f"scorers are {self.scorers}")
+                raise ValueError(
+                    f"scoring entry {name}: standardisation of {sorted(entry.standardisation)}, "
+                    f"scorers are {self.scorers}"
+                )
         return self
 
 
@@ -416,10 +431,11 @@ class Bundle(_Strict):
                 f"normalization has {len(self.normalization.mean)} bins but features have "
                 f"{self.features.n_mels} mels"
             )
-        if self.scoring is not None and self.scoring.band_edges is not None:
-            if self.scoring.band_edges[-1] != self.features.n_mels:
-                raise ValueError(f"scoring band_edges end at {self.scoring.band_edges[-1]}, "
-                                 f"features have {self.features.n_mels} mels")
+        edges = self.scoring.band_edges if self.scoring is not None else None
+        if edges is not None and edges[-1] != self.features.n_mels:
+            raise ValueError(
+                f"scoring band_edges end at {edges[-1]}, features have {self.features.n_mels} mels"
+            )
         unknown = sorted(set(self.scoring.per_id or {}) - set(self.machine_ids)) if self.scoring else []
         if unknown:
             raise ValueError(f"scoring has entries for machine IDs {unknown} the model does not know")

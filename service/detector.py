@@ -15,9 +15,15 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle, Scoring, sha256_of
-from service.features import MelProjection, band_centres_hz, log_mel_projected, mel_filterbank, patches, warm_up
+from service.features import (
+    MelProjection,
+    band_centres_hz,
+    log_mel_projected,
+    mel_filterbank,
+    patches,
+    warm_up,
+)
 from service.scorers import coarse_bands, fuse, mahalanobis, pool
-
 
 # Input values per onnxruntime run: 32 CAE patches of 128 x 32, or 204 dense
 # patches of 5 x 128; see `Detector.reconstruct`.
@@ -123,7 +129,9 @@ class Detector:
                 str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own untyped errors
-            raise DetectorError(f"{self.folder}: onnxruntime cannot load {model_path.name}: {error}") from None
+            raise DetectorError(
+                f"{self.folder}: onnxruntime cannot load {model_path.name}: {error}"
+            ) from None
         self.params = self.bundle.features.params()
         # A bundle carries its filter bank, so serving needs no librosa; a bundle
         # without one can only be served where librosa (the train extra) is installed.
@@ -261,20 +269,37 @@ class Detector:
         if per_bin:
             n_mels = self.params.n_mels
             # CAE patches are (mels, frames, 1); dense ones frame-major (frames * mels).
-            by_mel = squared.reshape(len(batch), n_mels, -1) if self.bundle.model.arch == "cae" else (
-                squared.reshape(len(batch), -1, n_mels).transpose(0, 2, 1))
+            by_mel = (
+                squared.reshape(len(batch), n_mels, -1)
+                if self.bundle.model.arch == "cae"
+                else (squared.reshape(len(batch), -1, n_mels).transpose(0, 2, 1))
+            )
             bins = by_mel.mean(axis=(0, 2), dtype=np.float64)
         seconds_per_frame = self.params.hop_length / self.params.sample_rate
         duration = samples.size / self.params.sample_rate
         start = starts * seconds_per_frame
         end = np.minimum((starts + self.frames) * seconds_per_frame, duration)
         if self.scoring is None:
-            return Score(score=float(errors.mean()), patch_errors=errors, patch_start=start, patch_end=end,
-                         bin_errors=bins, band_db=band_db)
+            return Score(
+                score=float(errors.mean()),
+                patch_errors=errors,
+                patch_start=start,
+                patch_end=end,
+                bin_errors=bins,
+                band_db=band_db,
+            )
         combined = self.combine(errors, band_db, machine_id=machine_id)
-        return Score(score=combined.score, patch_errors=errors, patch_start=start, patch_end=end,
-                     bin_errors=bins, band_db=band_db, patch_scores=combined.patch_scores,
-                     components=combined.components, scoring_id=combined.scoring_id)
+        return Score(
+            score=combined.score,
+            patch_errors=errors,
+            patch_start=start,
+            patch_end=end,
+            bin_errors=bins,
+            band_db=band_db,
+            patch_scores=combined.patch_scores,
+            components=combined.components,
+            scoring_id=combined.scoring_id,
+        )
 
     def combine(
         self, patch_errors: np.ndarray, band_db: np.ndarray, *, machine_id: str | None = None
@@ -287,16 +312,18 @@ class Detector:
         """
         scoring = self.scoring
         if scoring is None:
-            return Combined(score=float(patch_errors.mean()), patch_scores=None, components=None,
-                            scoring_id=None)
+            return Combined(
+                score=float(patch_errors.mean()), patch_scores=None, components=None, scoring_id=None
+            )
         pooled = pool(patch_errors, pooling=scoring.pooling, param=scoring.pooling_param)
         if not scoring.fused:
             return Combined(score=pooled, patch_scores=None, components={"cae": pooled}, scoring_id=None)
         assert scoring.band_edges is not None and scoring.offset is not None
         used, _ = scoring.entry_for(machine_id)
         entry = self._entries[used]
-        distance = float(mahalanobis(coarse_bands(band_db, scoring.band_edges), mean=entry.mean,
-                                     precision=entry.precision))
+        distance = float(
+            mahalanobis(coarse_bands(band_db, scoring.band_edges), mean=entry.mean, precision=entry.precision)
+        )
         cae_mean, cae_std = entry.stats["cae"]
         env_mean, env_std = entry.stats["envelope"]
         z_env = (distance - env_mean) / env_std
@@ -304,8 +331,12 @@ class Detector:
         # Pooling is a weighted mean of sorted errors, so patch scores pooled give `score` (floors aside).
         errors = np.asarray(patch_errors, dtype=np.float64)
         patch_scores = fuse([(errors - cae_mean) / cae_std, z_env], offset=scoring.offset)
-        return Combined(score=float(score), patch_scores=np.asarray(patch_scores),
-                        components={"cae": pooled, "envelope": distance}, scoring_id=used)
+        return Combined(
+            score=float(score),
+            patch_scores=np.asarray(patch_scores),
+            components={"cae": pooled, "envelope": distance},
+            scoring_id=used,
+        )
 
     def is_anomalous(self, score: float) -> bool:
         return score > self.threshold

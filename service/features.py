@@ -148,7 +148,7 @@ _STFT_BLOCK = 64
 
 
 class _StftBuffers:
-    __slots__ = ("windowed", "spectrum", "squares")
+    __slots__ = ("spectrum", "squares", "windowed")
 
     def __init__(self, n_fft: int) -> None:
         n_bins = 1 + n_fft // 2
@@ -186,7 +186,7 @@ class MelProjection:
     dense (n_mels, n_bins) product. Built once per filter bank.
     """
 
-    __slots__ = ("n_mels", "n_bins", "_runs", "_block")
+    __slots__ = ("_block", "_runs", "n_bins", "n_mels")
 
     def __init__(self, basis: np.ndarray) -> None:
         basis = np.asarray(basis, dtype=np.float32)

@@ -258,35 +258,73 @@ def check(
 
     offset = stats.level_db - part.level_db[0]
     if abs(offset) > max(limits.level_offset_db, limits.level_spread_sd * part.level_db[1]):
-        causes = "or the fault itself" if offset > 0 else (
-            "a loose cable, a machine not running, or the fault itself")
-        findings.append(Finding(code="level_offset", value=offset, message=(
-            f"The clip is {abs(offset):.1f} dB {'louder' if offset > 0 else 'quieter'} than the training "
-            f"recordings{whose}: a gain or microphone change, {causes}.")))
+        causes = (
+            "or the fault itself"
+            if offset > 0
+            else ("a loose cable, a machine not running, or the fault itself")
+        )
+        findings.append(
+            Finding(
+                code="level_offset",
+                value=offset,
+                message=(
+                    f"The clip is {abs(offset):.1f} dB {'louder' if offset > 0 else 'quieter'} than the training "
+                    f"recordings{whose}: a gain or microphone change, {causes}."
+                ),
+            )
+        )
 
     if stats.clipping_rate > max(limits.clipping_min_rate, limits.clipping_factor * part.clipping_rate):
-        findings.append(Finding(code="clipping", value=stats.clipping_rate, message=(
-            f"{100 * stats.clipping_rate:.2f} % of the samples are at full scale (training "
-            f"recordings{whose}: at most {100 * part.clipping_rate:.2f} %): the input gain is too high and "
-            "the sound is distorted.")))
+        findings.append(
+            Finding(
+                code="clipping",
+                value=stats.clipping_rate,
+                message=(
+                    f"{100 * stats.clipping_rate:.2f} % of the samples are at full scale (training "
+                    f"recordings{whose}: at most {100 * part.clipping_rate:.2f} %): the input gain is too high and "
+                    "the sound is distorted."
+                ),
+            )
+        )
 
     if stats.silence_fraction > part.silence_fraction + limits.silence_margin:
-        findings.append(Finding(code="silence", value=stats.silence_fraction, message=(
-            f"{100 * stats.silence_fraction:.0f} % of the clip is silent (training recordings{whose}: "
-            f"at most {100 * part.silence_fraction:.0f} %): a dropout, a loose cable or a dead microphone.")))
+        findings.append(
+            Finding(
+                code="silence",
+                value=stats.silence_fraction,
+                message=(
+                    f"{100 * stats.silence_fraction:.0f} % of the clip is silent (training recordings{whose}: "
+                    f"at most {100 * part.silence_fraction:.0f} %): a dropout, a loose cable or a dead microphone."
+                ),
+            )
+        )
 
     if abs(stats.dc_offset) > max(limits.dc_offset_min, limits.dc_offset_factor * part.dc_offset):
-        findings.append(Finding(code="dc_offset", value=stats.dc_offset, message=(
-            f"The waveform is offset by {stats.dc_offset:+.3f} of full scale (training recordings{whose}: "
-            f"at most {part.dc_offset:.3f}): a faulty microphone supply, preamp or sound card.")))
+        findings.append(
+            Finding(
+                code="dc_offset",
+                value=stats.dc_offset,
+                message=(
+                    f"The waveform is offset by {stats.dc_offset:+.3f} of full scale (training recordings{whose}: "
+                    f"at most {part.dc_offset:.3f}): a faulty microphone supply, preamp or sound card."
+                ),
+            )
+        )
 
     missing = _missing_above(stats, np.asarray(part.band_db, dtype=np.float64), limits)
     if missing is not None:
         missing_hz, trained_hz = missing
-        findings.append(Finding(code="band_limited", value=missing_hz, message=(
-            f"The clip has no sound above {missing_hz / 1000:.1f} kHz, where the training recordings{whose} "
-            f"have sound up to {trained_hz / 1000:.1f} kHz: a recording at a lower sample rate (e.g. 8 kHz) "
-            "resampled, or a low-pass filter in the recording chain.")))
+        findings.append(
+            Finding(
+                code="band_limited",
+                value=missing_hz,
+                message=(
+                    f"The clip has no sound above {missing_hz / 1000:.1f} kHz, where the training recordings{whose} "
+                    f"have sound up to {trained_hz / 1000:.1f} kHz: a recording at a lower sample rate (e.g. 8 kHz) "
+                    "resampled, or a low-pass filter in the recording chain."
+                ),
+            )
+        )
 
     return InputCheck(status="warning" if findings else "ok", findings=findings)
 

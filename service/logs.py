@@ -34,7 +34,7 @@ REDACTED = "[redacted]"
 
 def redact(secret: str) -> None:
     """From now on, `secret` is replaced by "[redacted]" in every line JsonFormatter writes."""
-    global _secrets
+    global _secrets  # noqa: PLW0603 (one process-wide set, replaced whole so readers never see it half-built)
     if secret and secret not in _secrets:
         _secrets = _secrets | {secret}
 
@@ -134,7 +134,7 @@ def _notice(count: int, reason: str) -> None:
         if stream is not None:
             stream.write(line + "\n")
             stream.flush()
-    except Exception:  # noqa: BLE001 - nowhere left to report to
+    except Exception:
         pass
 
 
@@ -146,7 +146,7 @@ class SafeStreamHandler(logging.StreamHandler):
     GET /ready as `log_errors`) and writes a one-line notice at most once a minute.
     """
 
-    def handleError(self, record: logging.LogRecord) -> None:
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging.Handler's name)
         log_failures.record(sys.exc_info()[1])
 
 

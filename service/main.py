@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # No return annotation: it would name RedirectResponse, which is local here.
     @app.get("/", include_in_schema=False, response_class=RedirectResponse)
-    def root():  # noqa: ANN202
+    def root():
         return RedirectResponse("/docs")
 
     install_openapi(app)

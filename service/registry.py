@@ -198,7 +198,7 @@ class Registry:
             files = LoadedFiles(paths, tuple(sha256_of(p) for p in paths), stamps)
         # Any failure, also one nobody foresaw (a permission error, an onnxruntime
         # error on the first run), must only take down this one model.
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             reason = _public_reason(error, folder)
             logger.error(
                 "model is broken and will not serve",

@@ -15,9 +15,9 @@ from service.bundle import (
     Patching,
     Pooling,
     ScorerName,
+    ScoresFrom,
     Scoring,
     ScoringEntry,
-    ScoresFrom,
     Standardisation,
     Threshold,
     Training,
@@ -124,8 +124,9 @@ class ScoringInfo(BaseModel):
     @classmethod
     def of(cls, scoring: Scoring) -> ScoringInfo:
         def entry(e: ScoringEntry) -> ScoringEntryInfo:
-            envelope = EnvelopeInfo(n_bands=len(e.envelope.mean), shrinkage=e.envelope.shrinkage,
-                                    n_clips=e.envelope.n_clips)
+            envelope = EnvelopeInfo(
+                n_bands=len(e.envelope.mean), shrinkage=e.envelope.shrinkage, n_clips=e.envelope.n_clips
+            )
             return ScoringEntryInfo(envelope=envelope, standardisation=e.standardisation)
 
         fields = scoring.model_dump(exclude={"model_wide", "per_id"})
@@ -241,8 +242,10 @@ class Segment(BaseModel):
     index: int
     start_s: float
     end_s: float
-    score: float = Field(description="Mean reconstruction error of the patches centred in this segment "
-                         "(a fused model: their scores on the clip score's scale).")
+    score: float = Field(
+        description="Mean reconstruction error of the patches centred in this segment "
+        "(a fused model: their scores on the clip score's scale)."
+    )
     ratio: float = Field(description="score / threshold; above 1 this part alone looks anomalous.")
     n_patches: int
     worst: bool = Field(description="The segment with the highest score.")

@@ -160,8 +160,10 @@ def fit_gaussian(vectors: np.ndarray) -> Gaussian:
     """The envelope Gaussian of coarse-band vectors, shape (n, k), n >= `MIN_ENVELOPE_CLIPS`."""
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < MIN_ENVELOPE_CLIPS:
-        raise ValueError(f"an envelope model needs at least {MIN_ENVELOPE_CLIPS} vectors of shape (k,), "
-                         f"got an array of shape {x.shape}")
+        raise ValueError(
+            f"an envelope model needs at least {MIN_ENVELOPE_CLIPS} vectors of shape (k,), "
+            f"got an array of shape {x.shape}"
+        )
     if not np.isfinite(x).all():
         raise ValueError("an envelope vector is NaN or infinite")
     covariance, shrinkage = ledoit_wolf(x)

@@ -49,7 +49,7 @@ class ChosenThreshold:
 
 
 def normalize_machine_id(raw: str) -> str:
-    """"06", "6" and "id_06" are one machine: IDs are two-digit strings, as training writes them."""
+    """ "06", "6" and "id_06" are one machine: IDs are two-digit strings, as training writes them."""
     text = raw.strip().removeprefix("id_")
     if not text.isdecimal():
         raise UnknownMachineId(f"machine IDs are numbers such as 06, 6 or id_06, got {raw!r}")
@@ -98,11 +98,12 @@ def score_upload(
     max_seconds: float | None = None,
     segment_seconds: float = 1.0,
     threshold: ChosenThreshold | None = None,
-    limits: CheckLimits = CheckLimits(),
+    limits: CheckLimits | None = None,
 ) -> ScoreResult:
     """The API answer for one clip; raises `AudioError` or `ClipTooShort` for unusable audio.
 
-    `threshold` defaults to the model-wide calibrated one (`choose_threshold`).
+    `threshold` defaults to the model-wide calibrated one (`choose_threshold`), `limits` to
+    `CheckLimits()`.
     """
     started = time.perf_counter()
     chosen = threshold if threshold is not None else choose_threshold(detector.bundle)
@@ -120,7 +121,9 @@ def score_upload(
         # Finite float samples far beyond full scale (e.g. 1e30) overflow the float32
         # spectrogram; NaN would answer score null and decision "normal".
         raise InvalidAudio("the audio gives no finite anomaly score: samples far beyond full scale?")
-    checked = input_check(detector, clip.samples, scored, machine_id=chosen.machine_id, limits=limits)
+    checked = input_check(
+        detector, clip.samples, scored, machine_id=chosen.machine_id, limits=limits or CheckLimits()
+    )
     value = chosen.value
     hop_seconds = detector.hop * detector.params.hop_length / rate
     segments = group_segments(
@@ -170,8 +173,9 @@ def input_check(
     if fingerprint is None or scored.band_db is None:
         return InputCheck(status="unchecked")
     rate = detector.params.sample_rate
-    stats = clip_stats(samples, scored.band_db, sample_rate=rate, mel_hz=detector.mel_hz,
-                       floor_db=detector.params.floor_db)
+    stats = clip_stats(
+        samples, scored.band_db, sample_rate=rate, mel_hz=detector.mel_hz, floor_db=detector.params.floor_db
+    )
     return check(stats, fingerprint, machine_id=machine_id, limits=limits)
 
 

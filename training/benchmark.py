@@ -49,6 +49,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import TextIO
 
@@ -79,16 +80,30 @@ class GridDefaults:
 
 # The README's data set size, every family, two seeds, the family's own SNR and a noisier range.
 FULL = GridDefaults(
-    families=("slider", "fan", "pump", "valve"), seeds=(0, 1), snrs=(DEFAULT_SNR, "-6:0"),
-    detectors=("cae", "dense"), ids=("00", "02", "04", "06"), n_train=300, n_test_normal=100,
-    n_test_anomaly=100, duration=10.0, fit_args=(),
+    families=("slider", "fan", "pump", "valve"),
+    seeds=(0, 1),
+    snrs=(DEFAULT_SNR, "-6:0"),
+    detectors=("cae", "dense"),
+    ids=("00", "02", "04", "06"),
+    n_train=300,
+    n_test_normal=100,
+    n_test_anomaly=100,
+    duration=10.0,
+    fit_args=(),
 )
 # A smoke check of every family and detector in minutes: numbers only show that the path works. A
 # holdout (as the full grid's 300 clips per ID get) instead of the cross-fit 20 clips would pick: one
 # training instead of six.
 QUICK = GridDefaults(
-    families=FULL.families, seeds=(0,), snrs=(DEFAULT_SNR,), detectors=FULL.detectors, ids=("00", "02"),
-    n_train=20, n_test_normal=10, n_test_anomaly=10, duration=10.0,
+    families=FULL.families,
+    seeds=(0,),
+    snrs=(DEFAULT_SNR,),
+    detectors=FULL.detectors,
+    ids=("00", "02"),
+    n_train=20,
+    n_test_normal=10,
+    n_test_anomaly=10,
+    duration=10.0,
     fit_args=("--epochs", "2", "--calibration", "holdout", "--val-fraction", "0.25"),
 )
 
@@ -226,16 +241,25 @@ class Config:
 
     @property
     def size_tag(self) -> str:
-        return (f"ids{'-'.join(self.ids)}_train{self.n_train}_test{self.n_test_normal}+{self.n_test_anomaly}"
-                f"_{self.duration:g}s")
+        return (
+            f"ids{'-'.join(self.ids)}_train{self.n_train}_test{self.n_test_normal}+{self.n_test_anomaly}"
+            f"_{self.duration:g}s"
+        )
 
     def describe(self) -> dict:
         return {
-            "families": list(self.families), "seeds": list(self.seeds), "snr": [s.text for s in self.snrs],
+            "families": list(self.families),
+            "seeds": list(self.seeds),
+            "snr": [s.text for s in self.snrs],
             "detectors": {name: list(args) for name, args in self.detectors.items()},
-            "ids": list(self.ids), "n_train": self.n_train, "n_test_normal": self.n_test_normal,
-            "n_test_anomaly": self.n_test_anomaly, "duration": self.duration, "fit_args": list(self.fit_args),
-            "fit_seeds": None if self.fit_seeds is None else list(self.fit_seeds), "quick": self.quick,
+            "ids": list(self.ids),
+            "n_train": self.n_train,
+            "n_test_normal": self.n_test_normal,
+            "n_test_anomaly": self.n_test_anomaly,
+            "duration": self.duration,
+            "fit_args": list(self.fit_args),
+            "fit_seeds": None if self.fit_seeds is None else list(self.fit_seeds),
+            "quick": self.quick,
         }
 
 
@@ -283,9 +307,11 @@ def build_config(
     if not id_list:
         raise BenchmarkConfigError("--ids must name at least one machine ID")
     counts = {}
-    for option, value, default in (("--train", n_train, base.n_train),
-                                   ("--test-normal", n_test_normal, base.n_test_normal),
-                                   ("--test-anomaly", n_test_anomaly, base.n_test_anomaly)):
+    for option, value, default in (
+        ("--train", n_train, base.n_train),
+        ("--test-normal", n_test_normal, base.n_test_normal),
+        ("--test-anomaly", n_test_anomaly, base.n_test_anomaly),
+    ):
         text = str(default if value is None else value).strip()
         if not text.isdigit():
             raise BenchmarkConfigError(f"{option} takes a number of clips >= 0, got {text!r}")
@@ -363,9 +389,16 @@ class FitRun:
 
 def data_request(config: Config, spec: DataSpec) -> dict:
     """The arguments a data set is made from."""
-    return {"family": spec.family, "seed": spec.seed, "snr": spec.snr.text, "ids": list(config.ids),
-            "n_train": config.n_train, "n_test_normal": config.n_test_normal,
-            "n_test_anomaly": config.n_test_anomaly, "duration": config.duration}
+    return {
+        "family": spec.family,
+        "seed": spec.seed,
+        "snr": spec.snr.text,
+        "ids": list(config.ids),
+        "n_train": config.n_train,
+        "n_test_normal": config.n_test_normal,
+        "n_test_anomaly": config.n_test_anomaly,
+        "duration": config.duration,
+    }
 
 
 def _synth_kwargs(config: Config, spec: DataSpec) -> dict:
@@ -377,9 +410,15 @@ def synthesise(root: Path, config: Config, spec: DataSpec) -> None:
     """Write one data set; the synthesiser's ValueError passes through (an argument it rejects)."""
     from training.synth import generate_dataset
 
-    generate_dataset(root, ids=config.ids, n_train=config.n_train, n_test_normal=config.n_test_normal,
-                     n_test_anomaly=config.n_test_anomaly, duration=config.duration,
-                     **_synth_kwargs(config, spec))
+    generate_dataset(
+        root,
+        ids=config.ids,
+        n_train=config.n_train,
+        n_test_normal=config.n_test_normal,
+        n_test_anomaly=config.n_test_anomaly,
+        duration=config.duration,
+        **_synth_kwargs(config, spec),
+    )
 
 
 def sample_digest(config: Config, spec: DataSpec) -> str:
@@ -395,9 +434,15 @@ def sample_digest(config: Config, spec: DataSpec) -> str:
     from training.synth import generate_dataset
 
     with tempfile.TemporaryDirectory(prefix="asd-benchmark-sample-") as folder:
-        generate_dataset(folder, ids=config.ids[:1], n_train=1, n_test_normal=1,
-                         n_test_anomaly=min(config.n_test_anomaly, 8), duration=min(config.duration, 2.0),
-                         **_synth_kwargs(config, spec))
+        generate_dataset(
+            folder,
+            ids=config.ids[:1],
+            n_train=1,
+            n_test_normal=1,
+            n_test_anomaly=min(config.n_test_anomaly, 8),
+            duration=min(config.duration, 2.0),
+            **_synth_kwargs(config, spec),
+        )
         digest = hashlib.sha256()
         for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
             digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
@@ -414,8 +459,10 @@ def _has_clips(root: Path, request: Mapping) -> bool:
     train = root / request["family"] / "train"
     test = root / request["family"] / "test"
     n_test = (request["n_test_normal"] + request["n_test_anomaly"]) * per_id
-    return (len(list(train.glob("*.wav"))) == request["n_train"] * per_id
-            and len(list(test.glob("*.wav"))) == n_test)
+    return (
+        len(list(train.glob("*.wav"))) == request["n_train"] * per_id
+        and len(list(test.glob("*.wav"))) == n_test
+    )
 
 
 def data_present(root: Path, config: Config, spec: DataSpec) -> bool:
@@ -442,7 +489,7 @@ def prepare_data(root: Path, config: Config, spec: DataSpec) -> tuple[bool, str 
         if root.exists():
             shutil.rmtree(root)  # interrupted, different or made by another synthesiser: never mix clips
         synthesise(root, config, spec)
-    except Exception as error:  # noqa: BLE001 - one data set's failure must not end the benchmark
+    except Exception as error:
         shutil.rmtree(root, ignore_errors=True)
         return False, _rejected(spec, error)
     request = data_request(config, spec)
@@ -456,11 +503,31 @@ def prepare_data(root: Path, config: Config, spec: DataSpec) -> tuple[bool, str 
 # -- fits --------------------------------------------------------------------------------------------------
 
 
-def fit_arguments(config: Config, spec: DataSpec, detector: str, fit_seed: int, *, data: str, out: str,
-                  ) -> list[str]:
+def fit_arguments(
+    config: Config,
+    spec: DataSpec,
+    detector: str,
+    fit_seed: int,
+    *,
+    data: str,
+    out: str,
+) -> list[str]:
     """`asd-train fit` arguments of one cell; the configuration's own come last, so they win."""
-    return ["fit", data, "--out", out, "--machine-type", spec.family, "--ids", ",".join(config.ids),
-            "--seed", str(fit_seed), "--quiet", *config.fit_args, *config.detectors[detector]]
+    return [
+        "fit",
+        data,
+        "--out",
+        out,
+        "--machine-type",
+        spec.family,
+        "--ids",
+        ",".join(config.ids),
+        "--seed",
+        str(fit_seed),
+        "--quiet",
+        *config.fit_args,
+        *config.detectors[detector],
+    ]
 
 
 def recorded_command(model_dir: Path) -> str | None:
@@ -481,8 +548,15 @@ def run_fit_command(arguments: Sequence[str], *, cwd: Path) -> FitRun:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "training.cli", *arguments], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "training.cli", *arguments],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
     return FitRun(done.returncode, time.perf_counter() - began, done.stdout)
 
 
@@ -515,8 +589,10 @@ def evaluate_cell(model_dir: Path, data_root: Path, ids: Sequence[str]) -> dict:
 
 def _numbers(report: Mapping) -> tuple[dict, dict]:
     ids = {mid: {"auc": float(m["auc"]), "pauc": float(m["pauc"])} for mid, m in report["ids"].items()}
-    kinds = {mid: {kind: float(v["auc"]) for kind, v in per.items()}
-             for mid, per in report.get("kinds", {}).get("ids", {}).items()}
+    kinds = {
+        mid: {kind: float(v["auc"]) for kind, v in per.items()}
+        for mid, per in report.get("kinds", {}).get("ids", {}).items()
+    }
     return ids, kinds
 
 
@@ -591,8 +667,9 @@ class Outcome:
 class Benchmark:
     """Runs a `Config` in a work folder; `run` returns every cell, failed ones included."""
 
-    def __init__(self, config: Config, work: Path, *, stream: TextIO | None = None,
-                 errors: TextIO | None = None) -> None:
+    def __init__(
+        self, config: Config, work: Path, *, stream: TextIO | None = None, errors: TextIO | None = None
+    ) -> None:
         self.config = config
         self.work = Path(work).resolve()
         self.stream = sys.stdout if stream is None else stream
@@ -615,12 +692,19 @@ class Benchmark:
         model_dir = self.fit_dir(spec, detector, fit_seed)
         command = shlex.join(["asd-train", *self._arguments(spec, detector, fit_seed)])
         sidecar = _read_json(model_dir.with_name(model_dir.name + ".fit.json")) or {}
-        return (recorded_command(model_dir) == command and sidecar.get("command") == command
-                and sidecar.get("data") == read_marker(self.data_dir(spec)))
+        return (
+            recorded_command(model_dir) == command
+            and sidecar.get("command") == command
+            and sidecar.get("data") == read_marker(self.data_dir(spec))
+        )
 
     def _cells(self) -> list[tuple[DataSpec, str, int]]:
-        return [(spec, detector, fit_seed) for spec in self.config.datasets()
-                for detector in self.config.detectors for fit_seed in self.config.fit_seeds_for(spec)]
+        return [
+            (spec, detector, fit_seed)
+            for spec in self.config.datasets()
+            for detector in self.config.detectors
+            for fit_seed in self.config.fit_seeds_for(spec)
+        ]
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -632,8 +716,9 @@ class Benchmark:
         """(assumed seconds, fits to run, fits re-used) for what is not in the work folder yet."""
         todo = reused = 0
         seconds = 0.0
-        clips = len(self.config.ids) * (self.config.n_train + self.config.n_test_normal
-                                        + self.config.n_test_anomaly)
+        clips = len(self.config.ids) * (
+            self.config.n_train + self.config.n_test_normal + self.config.n_test_anomaly
+        )
         for spec in self.config.datasets():
             if not data_present(self.data_dir(spec), self.config, spec):
                 seconds += clips * self.config.duration * _SYNTH_S_PER_AUDIO_S
@@ -648,16 +733,20 @@ class Benchmark:
         return seconds, todo, reused
 
     def run(self) -> Outcome:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = datetime.now(UTC).isoformat(timespec="seconds")
         began = time.perf_counter()
         cells = self._cells()
         assumed, todo, reused = self.estimate()
-        self._say(f"benchmark: {len(self.config.datasets())} data set(s), {len(cells)} fit(s): "
-                  f"{todo} to run, {reused} re-used from {self.work}")
-        self._say(f"estimated run time: about {format_seconds(assumed)} (an estimate: assumed fit times from "
-                  "models/README.md scaled to this grid; measured fit times replace them as fits finish)")
+        self._say(
+            f"benchmark: {len(self.config.datasets())} data set(s), {len(cells)} fit(s): "
+            f"{todo} to run, {reused} re-used from {self.work}"
+        )
+        self._say(
+            f"estimated run time: about {format_seconds(assumed)} (an estimate: assumed fit times from "
+            "models/README.md scaled to this grid; measured fit times replace them as fits finish)"
+        )
         results: list[CellResult] = []
         measured: dict[str, list[float]] = {}
         for spec in self.config.datasets():
@@ -668,8 +757,9 @@ class Benchmark:
                 self._say(f"data {label}: {'re-used' if data_reused else 'written'} ({root})")
             for detector in self.config.detectors:
                 for fit_seed in self.config.fit_seeds_for(spec):
-                    cell = CellResult(spec.family, spec.seed, spec.snr.text, detector, fit_seed,
-                                      data_reused=data_reused)
+                    cell = CellResult(
+                        spec.family, spec.seed, spec.snr.text, detector, fit_seed, data_reused=data_reused
+                    )
                     if problem is not None:
                         cell.fail("data", problem)
                     else:
@@ -681,25 +771,36 @@ class Benchmark:
                     if cell.ok:
                         mean_auc = sum(v["auc"] for v in cell.ids.values()) / len(cell.ids)
                         mean_pauc = sum(v["pauc"] for v in cell.ids.values()) / len(cell.ids)
-                        fit = ("re-used" if cell.fit_reused
-                               else f"fitted in {format_seconds(cell.fit_seconds or 0)}")
+                        fit = (
+                            "re-used"
+                            if cell.fit_reused
+                            else f"fitted in {format_seconds(cell.fit_seconds or 0)}"
+                        )
                         self._say(f"{where}: AUC {mean_auc:.4f}, pAUC {mean_pauc:.4f} ({fit})")
                     else:
                         self._warn(f"FAILED {where} ({cell.stage}): {cell.reason}")
                     left = self._left(measured, results, cells) if measured and not cell.fit_reused else 0.0
                     if left > 0 and cell.stage not in ("data",):
-                        self._say(f"  about {format_seconds(left)} of fits left (estimate from the fits "
-                                  "measured so far)")
+                        self._say(
+                            f"  about {format_seconds(left)} of fits left (estimate from the fits "
+                            "measured so far)"
+                        )
         seconds = time.perf_counter() - began
-        self._say(f"benchmark finished in {format_seconds(seconds)} (measured): {len(results)} cell(s), "
-                  f"{sum(not c.ok for c in results)} FAILED")
+        self._say(
+            f"benchmark finished in {format_seconds(seconds)} (measured): {len(results)} cell(s), "
+            f"{sum(not c.ok for c in results)} FAILED"
+        )
         return Outcome(results, seconds, started)
 
-    def _left(self, measured: Mapping[str, list[float]], done: Sequence[CellResult],
-              cells: Sequence[tuple[DataSpec, str, int]]) -> float:
+    def _left(
+        self,
+        measured: Mapping[str, list[float]],
+        done: Sequence[CellResult],
+        cells: Sequence[tuple[DataSpec, str, int]],
+    ) -> float:
         every = [s for values in measured.values() for s in values]
         left = 0.0
-        for spec, detector, fit_seed in cells[len(done):]:
+        for spec, detector, fit_seed in cells[len(done) :]:
             if not self.reusable(spec, detector, fit_seed):
                 values = measured.get(detector) or every
                 left += sum(values) / len(values)
@@ -724,27 +825,36 @@ class Benchmark:
             log.write_text(f"$ {command}\n{run.output}", encoding="utf-8")
             cell.fit_seconds = round(run.seconds, 1)
             if run.returncode != 0 or recorded_command(model_dir) != command:
-                reason = (_failure_reason(run) if run.returncode != 0
-                          else "fit wrote no complete detector folder")
+                reason = (
+                    _failure_reason(run) if run.returncode != 0 else "fit wrote no complete detector folder"
+                )
                 cell.fail("fit", f"{reason} (log: {log})")
                 return
-            timing.write_text(json.dumps({"command": command, "seconds": cell.fit_seconds,
-                                          "data": read_marker(data_root)}) + "\n", encoding="utf-8")
+            timing.write_text(
+                json.dumps({"command": command, "seconds": cell.fit_seconds, "data": read_marker(data_root)})
+                + "\n",
+                encoding="utf-8",
+            )
         bundle = _read_json(model_dir / "threshold.json") or {}
         skipped = (bundle.get("training") or {}).get("skipped_names") or []
         if skipped:
             cell.skipped_train_files = list(skipped)
-            self._warn(f"{spec.name} {cell.detector}: fit skipped {len(skipped)} unreadable or too-short "
-                       f"training file(s): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+            self._warn(
+                f"{spec.name} {cell.detector}: fit skipped {len(skipped)} unreadable or too-short "
+                f"training file(s): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+            )
         self._evaluate(cell, model_dir, data_root)
 
     def _evaluate(self, cell: CellResult, model_dir: Path, data_root: Path) -> None:
         cache = model_dir.with_name(model_dir.name + ".eval.json")
         # A changed model or test clip (a new mtime or size) invalidates the stored evaluation.
         clips = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(data_root.glob("*/test/*"))]
-        key = {"threshold_sha256": _sha256(model_dir / "threshold.json"),
-               "data": _read_json(data_root / DATA_MARKER), "ids": list(self.config.ids),
-               "clips_sha256": hashlib.sha256(json.dumps(clips).encode()).hexdigest()}
+        key = {
+            "threshold_sha256": _sha256(model_dir / "threshold.json"),
+            "data": _read_json(data_root / DATA_MARKER),
+            "ids": list(self.config.ids),
+            "clips_sha256": hashlib.sha256(json.dumps(clips).encode()).hexdigest(),
+        }
         cached = _read_json(cache)
         if cached is not None and cached.get("key") == key:
             cell.ids, cell.kinds = cached["ids"], cached["kinds"]
@@ -759,22 +869,39 @@ class Benchmark:
         except EvaluationError as error:
             cell.fail("evaluate", str(error))
             return
-        except Exception as error:  # noqa: BLE001 - one evaluation's failure must not end the benchmark
+        except Exception as error:
             cell.fail("evaluate", f"{type(error).__name__}: {error}")
             return
         cell.ids, cell.kinds = ids, kinds
         cell.evaluate_seconds = round(time.perf_counter() - began, 1)
-        cache.write_text(json.dumps({"key": key, "ids": ids, "kinds": kinds,
-                                     "seconds": cell.evaluate_seconds}, indent=1) + "\n", encoding="utf-8")
+        cache.write_text(
+            json.dumps({"key": key, "ids": ids, "kinds": kinds, "seconds": cell.evaluate_seconds}, indent=1)
+            + "\n",
+            encoding="utf-8",
+        )
 
 
-def run_benchmark(config: Config, *, work: Path, out: Path, json_out: Path | None = None, command: str,
-                  stream: TextIO | None = None, errors: TextIO | None = None) -> Outcome:
+def run_benchmark(
+    config: Config,
+    *,
+    work: Path,
+    out: Path,
+    json_out: Path | None = None,
+    command: str,
+    stream: TextIO | None = None,
+    errors: TextIO | None = None,
+) -> Outcome:
     """Run the grid and write the markdown `out` and the JSON beside it (`json_out`, default .json)."""
     from training.benchmark_report import machine_info, write_outputs
 
     machine = machine_info()
     outcome = Benchmark(config, work, stream=stream, errors=errors).run()
-    write_outputs(outcome, config, machine=machine, command=command, out=out,
-                  json_out=json_out if json_out is not None else out.with_suffix(".json"))
+    write_outputs(
+        outcome,
+        config,
+        machine=machine,
+        command=command,
+        out=out,
+        json_out=json_out if json_out is not None else out.with_suffix(".json"),
+    )
     return outcome

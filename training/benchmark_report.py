@@ -44,9 +44,14 @@ def machine_info() -> dict:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
-    return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "usable_cores": usable, "load_average_at_start": load, "python": platform.python_version(),
-            "system": platform.platform()}
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "load_average_at_start": load,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
 
 
 def run_key(cell: CellResult) -> RunKey:
@@ -111,9 +116,13 @@ def _spread(values: Sequence[float]) -> dict:
     array = np.asarray(values, dtype=float)
     if array.size == 0:
         return {"mean": None, "min": None, "max": None, "std": None}
-    return {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max()),
-            # Sample standard deviation over the runs (n - 1); undefined for one run.
-            "std": float(array.std(ddof=1)) if array.size > 1 else None}
+    return {
+        "mean": float(array.mean()),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        # Sample standard deviation over the runs (n - 1); undefined for one run.
+        "std": float(array.std(ddof=1)) if array.size > 1 else None,
+    }
 
 
 def family_table(cells: Sequence[CellResult], detectors: Sequence[str]) -> list[dict]:
@@ -126,9 +135,16 @@ def family_table(cells: Sequence[CellResult], detectors: Sequence[str]) -> list[
         for name in detectors:
             mine = [c for c in group if c.detector == name]
             ok = [c for c in mine if c.ok]
-            rows.append({"family": family, "snr": snr, "detector": name, "runs": len(ok),
-                         "failed": len(mine) - len(ok),
-                         **{m: _spread([cell_mean(c, m) for c in ok]) for m in METRICS}})
+            rows.append(
+                {
+                    "family": family,
+                    "snr": snr,
+                    "detector": name,
+                    "runs": len(ok),
+                    "failed": len(mine) - len(ok),
+                    **{m: _spread([cell_mean(c, m) for c in ok]) for m in METRICS},
+                }
+            )
     return rows
 
 
@@ -145,8 +161,9 @@ def kind_table(cells: Sequence[CellResult], detectors: Sequence[str]) -> list[di
         groups.setdefault((cell.family, cell.snr), []).append(cell)
     rows = []
     for (family, snr), group in groups.items():
-        means = {name: [cell_kind_means(c) for c in group if c.detector == name and c.ok]
-                 for name in detectors}
+        means = {
+            name: [cell_kind_means(c) for c in group if c.detector == name and c.ok] for name in detectors
+        }
         kinds = sorted({k for per in means.values() for m in per for k in m})
         for kind in kinds:
             values = {}
@@ -188,8 +205,11 @@ def summary_lines(summary: Mapping, detectors: Sequence[str]) -> list[str]:
     for name in detectors:
         header += [f"{name} AUC", f"{name} pAUC"]
         if has_base and name != baseline:
-            header += [f"{name} - {baseline} AUC", f"{name} - {baseline} pAUC",
-                       f"{name} >= {baseline} every ID"]
+            header += [
+                f"{name} - {baseline} AUC",
+                f"{name} - {baseline} pAUC",
+                f"{name} >= {baseline} every ID",
+            ]
     rows = []
     for row in summary["rows"]:
         cells: list[object] = [row["family"], row["seed"], row["snr"], row["fit_seed"]]
@@ -202,9 +222,11 @@ def summary_lines(summary: Mapping, detectors: Sequence[str]) -> list[str]:
             cells += [_num(v["auc"]), _num(v["pauc"])]
             if extra:
                 key = f"every_id_at_least_{baseline}"
-                cells += [_num(v.get(f"auc_vs_{baseline}"), signed=True),
-                          _num(v.get(f"pauc_vs_{baseline}"), signed=True),
-                          "-" if key not in v else ("yes" if v[key] else "no")]
+                cells += [
+                    _num(v.get(f"auc_vs_{baseline}"), signed=True),
+                    _num(v.get(f"pauc_vs_{baseline}"), signed=True),
+                    "-" if key not in v else ("yes" if v[key] else "no"),
+                ]
         rows.append(cells)
     total: list[object] = ["mean over data sets", "", "", ""]
     for name in detectors:
@@ -212,23 +234,40 @@ def summary_lines(summary: Mapping, detectors: Sequence[str]) -> list[str]:
         runs = "" if o["runs"] == o["of"] else f" ({o['runs']} of {o['of']})"
         total += [_num(o["auc"]) + runs, _num(o["pauc"]) + runs]
         if has_base and name != baseline:
-            total += [_num(o[f"auc_vs_{baseline}"], signed=True), _num(o[f"pauc_vs_{baseline}"], signed=True),
-                      f"{o[f'every_id_at_least_{baseline}']} of {o['compared']}"]
+            total += [
+                _num(o[f"auc_vs_{baseline}"], signed=True),
+                _num(o[f"pauc_vs_{baseline}"], signed=True),
+                f"{o[f'every_id_at_least_{baseline}']} of {o['compared']}",
+            ]
     rows.append(total)
-    notes = [f"Each cell: the detector's mean over the machine IDs of the data set. `- {baseline}`: the "
-             f"difference to the {baseline} baseline on the same data set; `>= {baseline} every ID`: its "
-             f"AUC is at least {baseline}'s on every ID."]
+    notes = [
+        f"Each cell: the detector's mean over the machine IDs of the data set. `- {baseline}`: the "
+        f"difference to the {baseline} baseline on the same data set; `>= {baseline} every ID`: its "
+        f"AUC is at least {baseline}'s on every ID."
+    ]
     if not has_base:
         notes = [f"No `{baseline}` detector in this run: no differences to the baseline."]
     if others and has_base:
-        notes.append("Last row: means over the data sets where the detector (and, for differences, "
-                     f"{baseline} too) succeeded; `k of n` counts data sets.")
+        notes.append(
+            "Last row: means over the data sets where the detector (and, for differences, "
+            f"{baseline} too) succeeded; `k of n` counts data sets."
+        )
     return [*notes, "", *_table(header, rows)]
 
 
 def family_lines(rows: Sequence[Mapping]) -> list[str]:
-    header = ["family", "SNR", "detector", "runs", "mean AUC", "AUC min-max", "AUC std",
-              "mean pAUC", "pAUC min-max", "pAUC std"]
+    header = [
+        "family",
+        "SNR",
+        "detector",
+        "runs",
+        "mean AUC",
+        "AUC min-max",
+        "AUC std",
+        "mean pAUC",
+        "pAUC min-max",
+        "pAUC std",
+    ]
     body = []
     for r in rows:
         runs = f"{r['runs']}" + (f" ({r['failed']} FAILED)" if r["failed"] else "")
@@ -238,8 +277,10 @@ def family_lines(rows: Sequence[Mapping]) -> list[str]:
             span = "-" if s["min"] is None else f"{s['min']:.3f}-{s['max']:.3f}"
             cells += [_num(s["mean"]), span, _num(s["std"])]
         body.append(cells)
-    note = ("Per family, SNR variant and detector: the mean over machine IDs and seeds; min-max and the "
-            "sample standard deviation (n - 1) of the per-run means over the seeds (and fit seeds).")
+    note = (
+        "Per family, SNR variant and detector: the mean over machine IDs and seeds; min-max and the "
+        "sample standard deviation (n - 1) of the per-run means over the seeds (and fit seeds)."
+    )
     return [note, "", *_table(header, body)]
 
 
@@ -247,10 +288,13 @@ def kind_lines(rows: Sequence[Mapping], detectors: Sequence[str]) -> list[str]:
     if not rows:
         return ["No fault kinds: no successful evaluation, or no anomaly_kinds.csv beside the test clips."]
     header = ["family", "SNR", "kind", *detectors]
-    body = [[r["family"], r["snr"], r["kind"], *(_num(r["detectors"][d]["auc"]) for d in detectors)]
-            for r in rows]
-    note = ("AUC of each fault kind's clips against all normal clips of their ID, averaged over the IDs, "
-            "then over the seeds.")
+    body = [
+        [r["family"], r["snr"], r["kind"], *(_num(r["detectors"][d]["auc"]) for d in detectors)] for r in rows
+    ]
+    note = (
+        "AUC of each fault kind's clips against all normal clips of their ID, averaged over the IDs, "
+        "then over the seeds."
+    )
     return [note, "", *_table(header, body)]
 
 
@@ -292,8 +336,18 @@ def fit_lines(cells: Sequence[CellResult]) -> list[str]:
         if c.fit_reused and c.fit_seconds is None:
             fit = "re-used"
         evaluate = "-" if c.evaluate_seconds is None else format_seconds(c.evaluate_seconds)
-        body.append([c.family, c.seed, c.snr, c.fit_seed, c.detector, fit, evaluate,
-                     len(c.skipped_train_files) or "-"])
+        body.append(
+            [
+                c.family,
+                c.seed,
+                c.snr,
+                c.fit_seed,
+                c.detector,
+                fit,
+                evaluate,
+                len(c.skipped_train_files) or "-",
+            ]
+        )
     return _table(header, body)
 
 
@@ -306,19 +360,25 @@ def failure_lines(cells: Sequence[CellResult]) -> list[str]:
 
 
 def build_tables(cells: Sequence[CellResult], detectors: Sequence[str]) -> dict:
-    return {"summary": summary_table(cells, detectors), "families": family_table(cells, detectors),
-            "kinds": kind_table(cells, detectors)}
+    return {
+        "summary": summary_table(cells, detectors),
+        "families": family_table(cells, detectors),
+        "kinds": kind_table(cells, detectors),
+    }
 
 
-def render_markdown(outcome: Outcome, config: Config, *, machine: Mapping, command: str, json_name: str,
-                    tables: Mapping) -> str:
+def render_markdown(
+    outcome: Outcome, config: Config, *, machine: Mapping, command: str, json_name: str, tables: Mapping
+) -> str:
     detectors = list(config.detectors)
     cells = outcome.cells
     fitted = [c.fit_seconds for c in cells if not c.fit_reused and c.stage != "fit" and c.fit_seconds]
     reused = sum(c.fit_reused for c in cells)
     if fitted:
-        per_fit = (f"{len(fitted)} fitted in this run, {format_seconds(float(np.mean(fitted)))} per fit on "
-                   f"average ({format_seconds(min(fitted))}-{format_seconds(max(fitted))})")
+        per_fit = (
+            f"{len(fitted)} fitted in this run, {format_seconds(float(np.mean(fitted)))} per fit on "
+            f"average ({format_seconds(min(fitted))}-{format_seconds(max(fitted))})"
+        )
     else:
         per_fit = "none fitted in this run"
     load = machine.get("load_average_at_start")
@@ -349,11 +409,16 @@ def render_markdown(outcome: Outcome, config: Config, *, machine: Mapping, comma
         f"- Cells: {len(cells)}, of which {len(outcome.failed)} FAILED (see Failures)",
         "",
         "Detector configurations (extra `asd-train fit` arguments"
-        + (f", after `{' '.join(config.fit_args)}` for all" if config.fit_args else "") + "):",
+        + (f", after `{' '.join(config.fit_args)}` for all" if config.fit_args else "")
+        + "):",
         "",
-        *_table(["detector", "fit arguments"],
-                [[name, f"`{' '.join(args)}`" if args else "(the defaults)"]
-                 for name, args in config.detectors.items()]),
+        *_table(
+            ["detector", "fit arguments"],
+            [
+                [name, f"`{' '.join(args)}`" if args else "(the defaults)"]
+                for name, args in config.detectors.items()
+            ],
+        ),
         "",
         "## Summary",
         "",
@@ -382,19 +447,31 @@ def render_markdown(outcome: Outcome, config: Config, *, machine: Mapping, comma
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(outcome: Outcome, config: Config, *, machine: Mapping, command: str, out: Path,
-                  json_out: Path) -> None:
+def write_outputs(
+    outcome: Outcome, config: Config, *, machine: Mapping, command: str, out: Path, json_out: Path
+) -> None:
     tables = build_tables(outcome.cells, list(config.detectors))
     out = Path(out)
     json_out = Path(json_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     document = {
-        "format": 1, "machine": dict(machine), "command": command, "started": outcome.started,
-        "seconds": round(outcome.seconds, 1), "config": config.describe(), "baseline": BASELINE,
-        "failed": len(outcome.failed), "cells": [c.to_dict() for c in outcome.cells], **tables,
+        "format": 1,
+        "machine": dict(machine),
+        "command": command,
+        "started": outcome.started,
+        "seconds": round(outcome.seconds, 1),
+        "config": config.describe(),
+        "baseline": BASELINE,
+        "failed": len(outcome.failed),
+        "cells": [c.to_dict() for c in outcome.cells],
+        **tables,
     }
     json_out.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     json_name = os.path.relpath(json_out, out.parent)
-    out.write_text(render_markdown(outcome, config, machine=machine, command=command, json_name=json_name,
-                                   tables=tables), encoding="utf-8")
+    out.write_text(
+        render_markdown(
+            outcome, config, machine=machine, command=command, json_name=json_name, tables=tables
+        ),
+        encoding="utf-8",
+    )

@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -148,20 +148,38 @@ def recalibrate(
         except ThresholdError as error:
             what = "the model-wide threshold" if target is None else f"machine ID {target}"
             raise CalibrationError(f"cannot fit {what} to the clips of {folder}: {error}") from None
-        refits.append(Refit(
-            machine_id=target,
-            old_value=before.value,
-            had_own=target is None or bool(old.per_id and target in old.per_id),
-            fit=fit,
-            old_false_alarm_rate=float(np.mean(chosen > before.value)),
-        ))
+        refits.append(
+            Refit(
+                machine_id=target,
+                old_value=before.value,
+                had_own=target is None or bool(old.per_id and target in old.per_id),
+                fit=fit,
+                old_false_alarm_rate=float(np.mean(chosen > before.value)),
+            )
+        )
 
-    new_bundle, event = _updated(bundle, refits, out=out, source=folder, n_clips=int(x.size),
-                                 clips_per_id=clips_per_id, rate=rate, machine_id=machine_id, command=command)
+    new_bundle, event = _updated(
+        bundle,
+        refits,
+        out=out,
+        source=folder,
+        n_clips=int(x.size),
+        clips_per_id=clips_per_id,
+        rate=rate,
+        machine_id=machine_id,
+        command=command,
+    )
     _write(model_dir, out, new_bundle)
     return CalibrationResult(
-        folder=out, source=folder, bundle=new_bundle, event=event, refits=refits, clips_per_id=clips_per_id,
-        too_few={} if machine_id else too_few, resampled=dict(sorted(resampled.items())), skipped=skipped,
+        folder=out,
+        source=folder,
+        bundle=new_bundle,
+        event=event,
+        refits=refits,
+        clips_per_id=clips_per_id,
+        too_few={} if machine_id else too_few,
+        resampled=dict(sorted(resampled.items())),
+        skipped=skipped,
         ignored_anomalies=ignored,
     )
 
@@ -251,8 +269,10 @@ def _score(
 
 def _too_few_message(n: int, what: str, folder: Path, skipped: list[Skipped]) -> str:
     unread = f" ({len(skipped)} more could not be read)" if skipped else ""
-    return (f"{n} usable normal clip(s) for {what} in {folder}{unread}; at least {MIN_CLIPS} are needed "
-            "to refit a threshold")
+    return (
+        f"{n} usable normal clip(s) for {what} in {folder}{unread}; at least {MIN_CLIPS} are needed "
+        "to refit a threshold"
+    )
 
 
 def _updated(
@@ -276,7 +296,7 @@ def _updated(
         else:
             per_id[refit.machine_id] = refit.fit
     event = CalibrationEvent(
-        at=datetime.now(timezone.utc),
+        at=datetime.now(UTC),
         source=str(source.resolve()),
         n_clips=n_clips,
         clips_per_id=clips_per_id,
@@ -286,16 +306,20 @@ def _updated(
         new_value=old.value if wide is None else wide.value,
         per_id={
             r.machine_id: (r.old_value if r.had_own else None, r.fit.value)
-            for r in refits if r.machine_id is not None
-        } or None,
+            for r in refits
+            if r.machine_id is not None
+        }
+        or None,
         command=command,
     )
     fields = old.model_dump()
     if wide is not None:
         # The fit's own fields replace the old model-wide ones; folds described a cross-fit, now gone.
         fields.update(wide.model_dump(), scores_from="site", folds=None)
-    fields.update(per_id={k: v.model_dump() for k, v in per_id.items()} or None,
-                  calibration_history=[*old.model_dump()["calibration_history"], event.model_dump()])
+    fields.update(
+        per_id={k: v.model_dump() for k, v in per_id.items()} or None,
+        calibration_history=[*old.model_dump()["calibration_history"], event.model_dump()],
+    )
     threshold = Threshold.model_validate(fields)
     data = bundle.model_dump()
     data.update(name=out.name, threshold=threshold.model_dump())
@@ -337,12 +361,16 @@ def format_summary(result: CalibrationResult) -> str:
     """What `asd-train calibrate` prints: the clips used and each threshold's change and precision."""
     event = result.event
     per_id = ", ".join(f"{mid}: {n}" for mid, n in result.clips_per_id.items())
-    lines = [f"{event.n_clips} normal clips from {result.source} (per ID {per_id}); "
-             f"target false-alarm rate {_percent(event.false_alarm_rate)}"]
+    lines = [
+        f"{event.n_clips} normal clips from {result.source} (per ID {per_id}); "
+        f"target false-alarm rate {_percent(event.false_alarm_rate)}"
+    ]
     target_rate = result.bundle.features.sample_rate
     for source_rate, n in result.resampled.items():
-        lines.append(f"{_count(n, 'clip')} at {source_rate} Hz {'was' if n == 1 else 'were'} resampled "
-                     f"to {target_rate} Hz")
+        lines.append(
+            f"{_count(n, 'clip')} at {source_rate} Hz {'was' if n == 1 else 'were'} resampled "
+            f"to {target_rate} Hz"
+        )
     if result.ignored_anomalies:
         ignored = _count(len(result.ignored_anomalies), "anomaly_* file")
         lines.append(f"ignored {ignored}: not normal recordings")
@@ -350,29 +378,36 @@ def format_summary(result: CalibrationResult) -> str:
         lines.append(f"skipped {_count(len(result.skipped), 'file')} that could not be scored:")
         lines.extend(f"  {s.path.name}: {s.reason}" for s in result.skipped)
     for mid, n in result.too_few.items():
-        lines.append(f"ID {mid}: {_count(n, 'clip')}, fewer than {MIN_CLIPS}: "
-                     "its own threshold was not refitted")
+        lines.append(
+            f"ID {mid}: {_count(n, 'clip')}, fewer than {MIN_CLIPS}: its own threshold was not refitted"
+        )
     if event.machine_id is None:
         per_id_fits = result.bundle.threshold.per_id or {}
-        absent = [m for m in result.bundle.machine_ids
-                  if m not in result.clips_per_id and m not in per_id_fits]
+        absent = [
+            m for m in result.bundle.machine_ids if m not in result.clips_per_id and m not in per_id_fits
+        ]
         if absent:
             # Their fallback moved although none of their recordings was heard.
-            lines.append(f"ID(s) {', '.join(absent)} had no clips here and no threshold of their own: "
-                         "they now use the model-wide threshold refitted on the other IDs' clips")
+            lines.append(
+                f"ID(s) {', '.join(absent)} had no clips here and no threshold of their own: "
+                "they now use the model-wide threshold refitted on the other IDs' clips"
+            )
     for refit in result.refits:
         fit = refit.fit
         was = "" if refit.had_own else " (the model-wide one it used)"
-        lines.append(f"{refit.label} ({fit.n_calibration_clips} clips): {refit.old_value:.6g}{was} "
-                     f"-> {fit.value:.6g}")
-        lines.append(f"  false alarms on these clips: {_percent(refit.old_false_alarm_rate)} with the old "
-                     f"threshold, {_percent(fit.empirical_false_alarm_rate)} with the new")
+        lines.append(
+            f"{refit.label} ({fit.n_calibration_clips} clips): {refit.old_value:.6g}{was} -> {fit.value:.6g}"
+        )
+        lines.append(
+            f"  false alarms on these clips: {_percent(refit.old_false_alarm_rate)} with the old "
+            f"threshold, {_percent(fit.empirical_false_alarm_rate)} with the new"
+        )
         if fit.false_alarm_interval is not None:
             lo, hi = fit.false_alarm_interval
             more = (fit.clips_for_3_points or fit.n_calibration_clips) - fit.n_calibration_clips
-            precision = (f"{more} more clips would reach +/- 3 points" if more > 0
-                         else "within +/- 3 points")
-            lines.append(f"  on new normal clips: {_percent(lo)} to {_percent(hi)} (90 % interval); "
-                         f"{precision}")
+            precision = f"{more} more clips would reach +/- 3 points" if more > 0 else "within +/- 3 points"
+            lines.append(
+                f"  on new normal clips: {_percent(lo)} to {_percent(hi)} (90 % interval); {precision}"
+            )
     lines.append(f"wrote {result.folder}")
     return "\n".join(lines)

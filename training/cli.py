@@ -65,54 +65,98 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="write a synthetic data set in the DCASE 2020 Task 2 layout")
     synth.add_argument("out", type=Path, help="folder to write OUT/<machine_type>/{train,test}/ into")
     synth.add_argument("--machine-type", default="slider", help="slider (default), fan, pump or valve")
-    synth.add_argument("--ids", type=_ids, default=("00", "02", "04", "06"), help="comma-separated, e.g. 00,02")
+    synth.add_argument(
+        "--ids", type=_ids, default=("00", "02", "04", "06"), help="comma-separated, e.g. 00,02"
+    )
     synth.add_argument("--train", type=int, default=300, help="normal training clips per ID")
     synth.add_argument("--test-normal", type=int, default=100, help="normal test clips per ID")
     synth.add_argument("--test-anomaly", type=int, default=100, help="anomalous test clips per ID")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--snr-db", default=None, metavar="DB|LOW:HIGH",
-                       help="machine-to-background level in dB, or a range drawn uniformly per clip "
-                            "(write --snr-db=-6:6); default: 6 for slider, -6:6 for fan, pump and valve")
+    synth.add_argument(
+        "--snr-db",
+        default=None,
+        metavar="DB|LOW:HIGH",
+        help="machine-to-background level in dB, or a range drawn uniformly per clip "
+        "(write --snr-db=-6:6); default: 6 for slider, -6:6 for fan, pump and valve",
+    )
     synth.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
     synth.set_defaults(handler=_synth)
 
     fit = sub.add_parser("fit", help="train, calibrate and export a detector")
-    fit.add_argument("data_root", type=Path, help="DCASE root, <root>/<machine_type>, a train folder or WAV folder")
+    fit.add_argument(
+        "data_root", type=Path, help="DCASE root, <root>/<machine_type>, a train folder or WAV folder"
+    )
     fit.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/slider")
     fit.add_argument("--machine-type", default="slider")
-    fit.add_argument("--ids", type=_ids, default=None, help="comma-separated machine IDs (default: all found)")
+    fit.add_argument(
+        "--ids", type=_ids, default=None, help="comma-separated machine IDs (default: all found)"
+    )
     fit.add_argument("--arch", choices=("cae", "dense"), default="cae")
-    fit.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping may end sooner)")
+    fit.add_argument(
+        "--epochs", type=int, default=None, help="maximum epochs (early stopping may end sooner)"
+    )
     fit.add_argument("--batch-size", type=int, default=None)
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--frames", type=int, default=None,
-                     help="patch width in frames (cae 8: a multiple of 8, or 1, 2, 4; dense 5)")
+    fit.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="patch width in frames (cae 8: a multiple of 8, or 1, 2, 4; dense 5)",
+    )
     fit.add_argument("--patch-hop", type=int, default=None, help="frames between patches (cae 8, dense 1)")
-    fit.add_argument("--val-fraction", type=_rate, default=0.1,
-                     help="holdout calibration: clips per ID held out (at least 1)")
-    fit.add_argument("--calibration", choices=("auto", "cross-fit", "holdout"), default="auto",
-                     help="where the threshold's normal scores come from: out-of-fold scores of a k-fold "
-                          "cross-fit (every clip counts; k + 1 trainings) or a holdout; auto: cross-fit while "
-                          "an ID has fewer than 250 clips")
+    fit.add_argument(
+        "--val-fraction",
+        type=_rate,
+        default=0.1,
+        help="holdout calibration: clips per ID held out (at least 1)",
+    )
+    fit.add_argument(
+        "--calibration",
+        choices=("auto", "cross-fit", "holdout"),
+        default="auto",
+        help="where the threshold's normal scores come from: out-of-fold scores of a k-fold "
+        "cross-fit (every clip counts; k + 1 trainings) or a holdout; auto: cross-fit while "
+        "an ID has fewer than 250 clips",
+    )
     fit.add_argument("--folds", type=int, default=5, help="folds of the cross-fit (default 5)")
     fit.add_argument("--false-alarm-rate", type=_rate, default=None, help="target R; threshold quantile 1-R")
     fit.add_argument("--channel", type=parse_channel, default=0, help="channel index or 'mean' (default 0)")
     fit.add_argument("--patience", type=int, default=5, help="epochs without val_loss gain before stopping")
     fit.add_argument("--learning-rate", type=float, default=1e-3)
     fit.add_argument("--filters", default=None, help="CAE encoder widths, e.g. 16,32,64")
-    fit.add_argument("--bottleneck", type=int, default=None,
-                     help="CAE code size (units of the dense bottleneck, default 16)")
-    fit.add_argument("--code-frames", type=int, default=None,
-                     help="CAE: time cells left before the code; time pools only down to them (default 2)")
-    fit.add_argument("--pooling", choices=("mean", "max", "topk", "gwrp"), default="mean",
-                     help="patch errors into the clip score: mean (default), max, topk (mean of the k "
-                          "largest) or gwrp (rank weights r**i)")
-    fit.add_argument("--pooling-param", type=float, default=None,
-                     help="topk: a fraction of the patches below 1 or a count (default 0.1); "
-                          "gwrp: r in (0, 1] (default 0.9)")
-    fit.add_argument("--scorer", choices=("cae", "cae+envelope"), default="cae",
-                     help="cae+envelope: fuse the CAE with a Gaussian on each clip's mean level per band, "
-                          "both standardised per machine ID on held-out normal scores")
+    fit.add_argument(
+        "--bottleneck",
+        type=int,
+        default=None,
+        help="CAE code size (units of the dense bottleneck, default 16)",
+    )
+    fit.add_argument(
+        "--code-frames",
+        type=int,
+        default=None,
+        help="CAE: time cells left before the code; time pools only down to them (default 2)",
+    )
+    fit.add_argument(
+        "--pooling",
+        choices=("mean", "max", "topk", "gwrp"),
+        default="mean",
+        help="patch errors into the clip score: mean (default), max, topk (mean of the k "
+        "largest) or gwrp (rank weights r**i)",
+    )
+    fit.add_argument(
+        "--pooling-param",
+        type=float,
+        default=None,
+        help="topk: a fraction of the patches below 1 or a count (default 0.1); "
+        "gwrp: r in (0, 1] (default 0.9)",
+    )
+    fit.add_argument(
+        "--scorer",
+        choices=("cae", "cae+envelope"),
+        default="cae",
+        help="cae+envelope: fuse the CAE with a Gaussian on each clip's mean level per band, "
+        "both standardised per machine ID on held-out normal scores",
+    )
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
 
@@ -120,15 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate", help="refit a detector's threshold(s) on a site's normal recordings, without retraining"
     )
     calibrate.add_argument("model_dir", type=Path, help="detector folder (model.onnx + threshold.json)")
-    calibrate.add_argument("normal_dir", type=Path,
-                           help="folder of normal WAVs, or a DCASE root (<root>/<machine_type>/train/)")
+    calibrate.add_argument(
+        "normal_dir", type=Path, help="folder of normal WAVs, or a DCASE root (<root>/<machine_type>/train/)"
+    )
     calibrate.add_argument("--out", type=Path, required=True, help="folder to write (may be MODEL_DIR)")
-    calibrate.add_argument("--false-alarm-rate", type=_rate, default=None,
-                           help="target R (default: the model's current target)")
-    calibrate.add_argument("--machine-id", default=None,
-                           help="take every clip as this ID's and refit only its threshold")
-    calibrate.add_argument("--channel", type=parse_channel, default=0,
-                           help="channel index or 'mean' (default 0)")
+    calibrate.add_argument(
+        "--false-alarm-rate", type=_rate, default=None, help="target R (default: the model's current target)"
+    )
+    calibrate.add_argument(
+        "--machine-id", default=None, help="take every clip as this ID's and refit only its threshold"
+    )
+    calibrate.add_argument(
+        "--channel", type=parse_channel, default=0, help="channel index or 'mean' (default 0)"
+    )
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(handler=_calibrate)
 
@@ -137,25 +185,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     benchmark.add_argument("--out", type=Path, required=True, help="markdown file to write, e.g. QUALITY.md")
     benchmark.add_argument("--json", type=Path, default=None, help="every number (default: OUT with .json)")
-    benchmark.add_argument("--work", type=Path, default=Path("reports/quality"),
-                           help="data sets, detector folders and logs, re-used by later runs")
-    benchmark.add_argument("--quick", action="store_true",
-                           help="a small grid for smoke checks (2 IDs, 20 + 10 + 10 clips, one seed, "
-                                "2 epochs, holdout calibration)")
+    benchmark.add_argument(
+        "--work",
+        type=Path,
+        default=Path("reports/quality"),
+        help="data sets, detector folders and logs, re-used by later runs",
+    )
+    benchmark.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small grid for smoke checks (2 IDs, 20 + 10 + 10 clips, one seed, "
+        "2 epochs, holdout calibration)",
+    )
     benchmark.add_argument("--families", default=None, help="comma-separated (default slider,fan,pump,valve)")
     benchmark.add_argument("--seeds", default=None, help="synthesiser seeds (default 0,1)")
-    benchmark.add_argument("--snr", default=None,
-                           help="SNR variants: 'default' (the family's own), dB, or LOW:HIGH drawn per clip "
-                                "(default: default,-6:0; write --snr=-6:0 when the list starts with '-')")
+    benchmark.add_argument(
+        "--snr",
+        default=None,
+        help="SNR variants: 'default' (the family's own), dB, or LOW:HIGH drawn per clip "
+        "(default: default,-6:0; write --snr=-6:0 when the list starts with '-')",
+    )
     benchmark.add_argument("--detectors", default=None, help="configurations to run (default cae,dense)")
-    benchmark.add_argument("--detector", action="append", default=[], metavar="NAME=ARGS",
-                           help="add (or redefine) a configuration: NAME and its `fit` arguments, "
-                                "shell-split; may repeat")
-    benchmark.add_argument("--fit-seeds", default=None,
-                           help="fit seeds of every cell (default: the data set's seed)")
-    benchmark.add_argument("--fit-args", default=None, metavar="ARGS",
-                           help="`fit` arguments for every configuration, before its own "
-                                "(write --fit-args='--epochs 2')")
+    benchmark.add_argument(
+        "--detector",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="add (or redefine) a configuration: NAME and its `fit` arguments, shell-split; may repeat",
+    )
+    benchmark.add_argument(
+        "--fit-seeds", default=None, help="fit seeds of every cell (default: the data set's seed)"
+    )
+    benchmark.add_argument(
+        "--fit-args",
+        default=None,
+        metavar="ARGS",
+        help="`fit` arguments for every configuration, before its own (write --fit-args='--epochs 2')",
+    )
     benchmark.add_argument("--ids", default=None, help="machine IDs (default 00,02,04,06)")
     benchmark.add_argument("--train", default=None, help="training clips per ID (default 300)")
     benchmark.add_argument("--test-normal", default=None, help="normal test clips per ID (100)")
@@ -172,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
-    explore = sub.add_parser("explore", help="waveform, PSD, spectrogram, chromagram, mel (and reconstruction)")
+    explore = sub.add_parser(
+        "explore", help="waveform, PSD, spectrogram, chromagram, mel (and reconstruction)"
+    )
     add_explore_arguments(explore)
     explore.set_defaults(handler=run_explore)
     return parser
@@ -288,15 +356,29 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(
-            quick=args.quick, families=args.families, seeds=args.seeds, snr=args.snr,
-            detectors=args.detectors, definitions=args.detector, fit_seeds=args.fit_seeds,
-            fit_args=args.fit_args, ids=args.ids, n_train=args.train, n_test_normal=args.test_normal,
-            n_test_anomaly=args.test_anomaly, duration=args.duration,
+            quick=args.quick,
+            families=args.families,
+            seeds=args.seeds,
+            snr=args.snr,
+            detectors=args.detectors,
+            definitions=args.detector,
+            fit_seeds=args.fit_seeds,
+            fit_args=args.fit_args,
+            ids=args.ids,
+            n_train=args.train,
+            n_test_normal=args.test_normal,
+            n_test_anomaly=args.test_anomaly,
+            duration=args.duration,
         )
     except BenchmarkConfigError as error:
         raise CliError(str(error)) from None
-    outcome = run_benchmark(config, work=args.work, out=args.out, json_out=args.json,
-                            command=shlex.join(["asd-train", *args.argv]))
+    outcome = run_benchmark(
+        config,
+        work=args.work,
+        out=args.out,
+        json_out=args.json,
+        command=shlex.join(["asd-train", *args.argv]),
+    )
     print(f"wrote {args.out} and {args.json or args.out.with_suffix('.json')}")
     # 1, not 2: the options were fine, but some cells could not be made (listed as FAILED).
     return 1 if outcome.failed else 0

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -69,7 +69,7 @@ def parse_name(name: str, *, default_id: str = DEFAULT_ID) -> ClipName:
 
 
 def normalize_id(raw: str) -> str:
-    """"6" and "06" are the same machine; IDs are compared as two-digit strings."""
+    """ "6" and "06" are the same machine; IDs are compared as two-digit strings."""
     text = raw.strip()
     if not text.isdigit():
         raise DatasetError(f"machine IDs are numbers such as 00 or 06, got {raw!r}")
@@ -189,8 +189,13 @@ def load_features(
             spec = log_mel(clip.samples, params)
         except (AudioError, FeatureError, OSError) as error:
             return Skipped(path=file.path, reason=str(error))
-        stats = clip_stats(clip.samples, spec.mean(axis=1, dtype=np.float64), sample_rate=params.sample_rate,
-                           mel_hz=mel_hz, floor_db=params.floor_db)
+        stats = clip_stats(
+            clip.samples,
+            spec.mean(axis=1, dtype=np.float64),
+            sample_rate=params.sample_rate,
+            mel_hz=mel_hz,
+            floor_db=params.floor_db,
+        )
         return FeatureClip(file=file, spec=spec, seconds=clip.samples.size / params.sample_rate, stats=stats)
 
     mel_hz = band_centres_hz(mel_filterbank(params), sample_rate=params.sample_rate, n_fft=params.n_fft)
@@ -276,10 +281,7 @@ def model_layout(cut: np.ndarray, *, arch: Arch) -> np.ndarray:
     cae: (n, n_mels, frames, 1); dense: (n, frames * n_mels), frame-major
     (consecutive frames concatenated, as the DCASE 2020 baseline).
     """
-    if arch == "cae":
-        batch = cut[..., None]
-    else:
-        batch = cut.transpose(0, 2, 1).reshape(len(cut), -1)
+    batch = cut[..., None] if arch == "cae" else cut.transpose(0, 2, 1).reshape(len(cut), -1)
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 

@@ -107,7 +107,7 @@ def patches_to_spectrogram(patches: np.ndarray, starts: np.ndarray, n_frames: in
         raise ValueError(f"{n} patches but {len(starts)} start frames")
     total = np.zeros((n_mels, n_frames), dtype=np.float64)
     count = np.zeros(n_frames, dtype=np.int64)
-    for patch, start in zip(patches, starts):
+    for patch, start in zip(patches, starts, strict=True):
         if start < 0 or start + frames > n_frames:
             raise ValueError(f"patch at frame {start} of width {frames} exceeds {n_frames} frames")
         total[:, start : start + frames] += patch
@@ -122,8 +122,10 @@ def reconstruct_clip(detector: Detector, samples: np.ndarray) -> Reconstruction:
     """Run a mono waveform (at the model's rate) through the detector and keep every intermediate."""
     if samples.size < detector.min_samples:
         need = detector.min_samples / detector.params.sample_rate
-        raise ExploreError(f"clip is {samples.size / detector.params.sample_rate:.3f} s long; "
-                           f"the model needs at least {need:.3f} s")
+        raise ExploreError(
+            f"clip is {samples.size / detector.params.sample_rate:.3f} s long; "
+            f"the model needs at least {need:.3f} s"
+        )
     spec = detector.features(samples)
     batch, starts = detector.model_inputs(spec)
     output = detector.reconstruct(batch)
@@ -163,10 +165,24 @@ def _limits(arrays: Sequence[np.ndarray], *, low: float = 1.0, high: float = 99.
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
-def _image(ax: Axes, data: np.ndarray, *, extent: tuple[float, float, float, float],
-           limits: tuple[float, float], cmap: str = "magma") -> AxesImage:
-    return ax.imshow(data, origin="lower", aspect="auto", extent=extent, cmap=cmap,
-                     vmin=limits[0], vmax=limits[1], interpolation="nearest")
+def _image(
+    ax: Axes,
+    data: np.ndarray,
+    *,
+    extent: tuple[float, float, float, float],
+    limits: tuple[float, float],
+    cmap: str = "magma",
+) -> AxesImage:
+    return ax.imshow(
+        data,
+        origin="lower",
+        aspect="auto",
+        extent=extent,
+        cmap=cmap,
+        vmin=limits[0],
+        vmax=limits[1],
+        interpolation="nearest",
+    )
 
 
 def _waveform(ax: Axes, y: np.ndarray, sr: int) -> None:
@@ -186,8 +202,9 @@ def _mel_axis(ax: Axes, params: FeatureParams, *, axis: str = "y", n_ticks: int 
     """Label a mel-bin axis (bins 0..n_mels) with the bands' centre frequencies."""
     import librosa
 
-    centres = librosa.mel_frequencies(n_mels=params.n_mels + 2, fmin=params.fmin,
-                                      fmax=params.fmax or params.sample_rate / 2)[1:-1]
+    centres = librosa.mel_frequencies(
+        n_mels=params.n_mels + 2, fmin=params.fmin, fmax=params.fmax or params.sample_rate / 2
+    )[1:-1]
     bins = np.linspace(0, params.n_mels - 1, n_ticks).round().astype(int)
     labels = [f"{centres[b] / 1000:.1f}k" if centres[b] >= 1000 else f"{centres[b]:.0f}" for b in bins]
     if axis == "y":
@@ -200,8 +217,8 @@ def _mel_axis(ax: Axes, params: FeatureParams, *, axis: str = "y", n_ticks: int 
 
 def _load(paths: Sequence[str | Path], *, sample_rate: int, channel: Channel) -> list[np.ndarray]:
     clips = []
-    for path in paths:
-        path = Path(path)
+    for name in paths:
+        path = Path(name)
         if not path.is_file():
             raise ExploreError(f"{path}: no such file")
         try:
@@ -211,8 +228,15 @@ def _load(paths: Sequence[str | Path], *, sample_rate: int, channel: Channel) ->
     return clips
 
 
-def _explore_figure(clips: Sequence[np.ndarray], titles: Sequence[str], params: FeatureParams, *,
-                    mel_basis: np.ndarray | None, chroma: bool, path: Path) -> Path:
+def _explore_figure(
+    clips: Sequence[np.ndarray],
+    titles: Sequence[str],
+    params: FeatureParams,
+    *,
+    mel_basis: np.ndarray | None,
+    chroma: bool,
+    path: Path,
+) -> Path:
     sr, n_fft, hop = params.sample_rate, params.n_fft, params.hop_length
     psds, spectrograms, chromas, mels = [], [], [], []
     for y in clips:
@@ -234,28 +258,35 @@ def _explore_figure(clips: Sequence[np.ndarray], titles: Sequence[str], params: 
     mel_limits = _limits(mels)
     psd_low = min(float(np.percentile(p, 0.5)) for _, p in psds)
     psd_high = max(float(p.max()) for _, p in psds)
-    for column, (y, title) in enumerate(zip(clips, titles)):
+    for column, (y, title) in enumerate(zip(clips, titles, strict=True)):
         duration = y.size / sr
-        by_row = dict(zip(rows, axes[:, column]))
+        by_row = dict(zip(rows, axes[:, column], strict=True))
         _waveform(by_row["waveform"], y, sr)
         by_row["waveform"].set_title(title, fontsize=10)
 
         freqs, power_db = psds[column]
         ax = by_row["psd"]
         ax.plot(freqs, power_db, color="tab:blue", linewidth=0.8)
-        ax.set(xlim=(0, sr / 2), ylim=(psd_low - 3, psd_high + 3), xlabel="frequency (Hz)",
-               ylabel="PSD (dB/Hz)")
+        ax.set(
+            xlim=(0, sr / 2), ylim=(psd_low - 3, psd_high + 3), xlabel="frequency (Hz)", ylabel="PSD (dB/Hz)"
+        )
         ax.grid(alpha=0.3)
 
-        image = _image(by_row["spectrogram"], spectrograms[column], extent=(0, duration, 0, sr / 2),
-                       limits=spec_limits)
+        image = _image(
+            by_row["spectrogram"], spectrograms[column], extent=(0, duration, 0, sr / 2), limits=spec_limits
+        )
         by_row["spectrogram"].set(xlabel="time (s)", ylabel="frequency (Hz)")
         if column == len(clips) - 1:
             fig.colorbar(image, ax=by_row["spectrogram"], label="dB")
 
         if chroma:
-            image = _image(by_row["chroma"], chromas[column], extent=(0, duration, -0.5, 11.5), limits=(0, 1),
-                           cmap="viridis")
+            image = _image(
+                by_row["chroma"],
+                chromas[column],
+                extent=(0, duration, -0.5, 11.5),
+                limits=(0, 1),
+                cmap="viridis",
+            )
             by_row["chroma"].set_yticks(range(12), _PITCH_CLASSES, fontsize=7)
             by_row["chroma"].set(xlabel="time (s)", ylabel="pitch class")
             if column == len(clips) - 1:
@@ -266,14 +297,19 @@ def _explore_figure(clips: Sequence[np.ndarray], titles: Sequence[str], params: 
         _mel_axis(by_row["mel"], params)
         if column == len(clips) - 1:
             fig.colorbar(image, ax=by_row["mel"], label="log-mel (dB)")
-    fig.suptitle("waveform · power spectral density · spectrogram" + (" · chromagram" if chroma else "")
-                 + " · log-mel spectrogram", fontsize=11)
+    fig.suptitle(
+        "waveform · power spectral density · spectrogram"
+        + (" · chromagram" if chroma else "")
+        + " · log-mel spectrogram",
+        fontsize=11,
+    )
     fig.savefig(path, dpi=_DPI)
     return path
 
 
-def _reconstruction_figure(recons: Sequence[Reconstruction], titles: Sequence[str], detector: Detector, *,
-                           path: Path) -> Path:
+def _reconstruction_figure(
+    recons: Sequence[Reconstruction], titles: Sequence[str], detector: Detector, *, path: Path
+) -> Path:
     params = detector.params
     seconds_per_frame = params.hop_length / params.sample_rate
     rows = ("input", "reconstruction", "error", "time", "frequency")
@@ -287,12 +323,13 @@ def _reconstruction_figure(recons: Sequence[Reconstruction], titles: Sequence[st
     unit = threshold if relative else 1.0
     time_high = max(float(np.max(r.patch_errors)) for r in recons) / unit
     mel_high = max(float(np.max(r.mel_errors)) for r in recons)
-    for column, (r, title) in enumerate(zip(recons, titles)):
-        by_row = dict(zip(rows, axes[:, column]))
+    for column, (r, title) in enumerate(zip(recons, titles, strict=True)):
+        by_row = dict(zip(rows, axes[:, column], strict=True))
         extent = (0, r.spec.shape[1] * seconds_per_frame, 0, params.n_mels)
         verdict = "anomalous" if r.score > threshold else "normal"
-        by_row["input"].set_title(f"{title}\nscore {r.score:.4g} / threshold {threshold:.4g} → {verdict}",
-                                  fontsize=9)
+        by_row["input"].set_title(
+            f"{title}\nscore {r.score:.4g} / threshold {threshold:.4g} → {verdict}", fontsize=9
+        )
         for name, data, limits, cmap, label in (
             ("input", r.spec, spec_limits, "magma", "model input (standardised log-mel)"),
             ("reconstruction", r.reconstruction, spec_limits, "magma", "reconstruction"),
@@ -306,24 +343,40 @@ def _reconstruction_figure(recons: Sequence[Reconstruction], titles: Sequence[st
 
         ax = by_row["time"]
         above = r.patch_errors > threshold
-        for start, end in zip(r.patch_start[above], r.patch_end[above]):
+        for start, end in zip(r.patch_start[above], r.patch_end[above], strict=True):
             # Shade where a patch alone would exceed the threshold: where the clip sounds wrong.
             ax.axvspan(start, end, color="tab:red", alpha=0.12, linewidth=0)
         centres = (r.patch_start + r.patch_end) / 2
-        ax.plot(centres, r.patch_errors / unit, marker=".", color="tab:red", linewidth=1,
-                label="patch error (at patch centre)")
+        ax.plot(
+            centres,
+            r.patch_errors / unit,
+            marker=".",
+            color="tab:red",
+            linewidth=1,
+            label="patch error (at patch centre)",
+        )
         ax.axhline(threshold / unit, color="black", linestyle="--", linewidth=1, label="threshold")
         ax.axhline(r.score / unit, color="tab:blue", linestyle=":", linewidth=1, label="clip score")
-        ax.set(xlim=extent[:2], ylim=(0, max(time_high, 1.0) * 1.12), xlabel="time (s)",
-               ylabel="error / threshold" if relative else "error")
+        ax.set(
+            xlim=extent[:2],
+            ylim=(0, max(time_high, 1.0) * 1.12),
+            xlabel="time (s)",
+            ylabel="error / threshold" if relative else "error",
+        )
         ax.legend(fontsize=7, loc="lower right")
 
         ax = by_row["frequency"]
-        ax.plot(np.arange(params.n_mels) + 0.5, r.mel_errors, color="tab:purple", linewidth=1,
-                label="mean squared error per mel band")
+        ax.plot(
+            np.arange(params.n_mels) + 0.5,
+            r.mel_errors,
+            color="tab:purple",
+            linewidth=1,
+            label="mean squared error per mel band",
+        )
         ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
-        ax.set(xlim=(0, params.n_mels), ylim=(0, max(mel_high, threshold) * 1.12),
-               ylabel="mean squared error")
+        ax.set(
+            xlim=(0, params.n_mels), ylim=(0, max(mel_high, threshold) * 1.12), ylabel="mean squared error"
+        )
         _mel_axis(ax, params, axis="x")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"model {detector.name}: where the reconstruction differs from the clip", fontsize=11)
@@ -386,21 +439,37 @@ def explore(
 def add_explore_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``asd-train explore``; pair with `run_explore`."""
     parser.add_argument("paths", type=Path, nargs="+", metavar="WAV", help="audio files, one column each")
-    parser.add_argument("--out", type=Path, default=Path("explore"), metavar="DIR",
-                        help="folder for the PNG figures (default: ./explore)")
-    parser.add_argument("--model", type=Path, metavar="MODEL_DIR", dest="model_dir",
-                        help="also draw this detector's reconstruction and its error over time and frequency")
-    parser.add_argument("--channel", type=parse_channel, default=0,
-                        help="channel of multi-channel files, or 'mean' (default: 0)")
-    parser.add_argument("--no-chroma", action="store_true",
-                        help="skip the chromagram (saves librosa's numba compilation)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("explore"),
+        metavar="DIR",
+        help="folder for the PNG figures (default: ./explore)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL_DIR",
+        dest="model_dir",
+        help="also draw this detector's reconstruction and its error over time and frequency",
+    )
+    parser.add_argument(
+        "--channel",
+        type=parse_channel,
+        default=0,
+        help="channel of multi-channel files, or 'mean' (default: 0)",
+    )
+    parser.add_argument(
+        "--no-chroma", action="store_true", help="skip the chromagram (saves librosa's numba compilation)"
+    )
 
 
 def run_explore(args: argparse.Namespace) -> int:
     """Run ``asd-train explore`` from parsed arguments; returns the exit status."""
     try:
-        written = explore(args.paths, args.out, model_dir=args.model_dir, channel=args.channel,
-                          chroma=not args.no_chroma)
+        written = explore(
+            args.paths, args.out, model_dir=args.model_dir, channel=args.channel, chroma=not args.no_chroma
+        )
     except ExploreError as error:
         print(f"asd-train explore: error: {error}", file=sys.stderr)
         return 2

@@ -68,7 +68,18 @@ MAX_CHECK_PATCHES = 1024
 # Fewer calibration clips of an ID than this and it uses the model-wide threshold.
 MIN_ID_CLIPS = 10
 
-_VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "scipy", "librosa", "soundfile", "soxr")
+_VERSIONED = (
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "scipy",
+    "librosa",
+    "soundfile",
+    "soxr",
+)
 PACKAGE = "machine-sound-asd"
 
 
@@ -274,8 +285,15 @@ class Candidate:
             return None
         return Scoring(pooling=self.pooling, pooling_param=self.pooling_param)
 
-    def bundle(self, name: str, model_path: Path, threshold: Threshold, training: Training,
-               fingerprint: Fingerprint | None = None, scoring: Scoring | None = None) -> Bundle:
+    def bundle(
+        self,
+        name: str,
+        model_path: Path,
+        threshold: Threshold,
+        training: Training,
+        fingerprint: Fingerprint | None = None,
+        scoring: Scoring | None = None,
+    ) -> Bundle:
         return Bundle(
             name=name,
             machine_type=self.machine_type,
@@ -285,7 +303,10 @@ class Candidate:
             patching=Patching(frames=self.frames, hop=self.hop),
             normalization=Normalization(mean=self.normalizer.mean.tolist(), std=self.normalizer.std.tolist()),
             model=OnnxModel(
-                sha256=sha256_of(model_path), arch=self.arch, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+                sha256=sha256_of(model_path),
+                arch=self.arch,
+                input_name=INPUT_NAME,
+                output_name=OUTPUT_NAME,
                 opset=OPSET,
             ),
             threshold=threshold,
@@ -299,7 +320,10 @@ class Candidate:
 def _placeholder(quantile: float) -> Threshold:
     # Scoring through `Detector` needs a loadable folder before the threshold is known.
     return Threshold(
-        value=1.0, quantile=quantile, gamma=GammaFit(shape=1.0, loc=0.0, scale=1.0), n_calibration_clips=1,
+        value=1.0,
+        quantile=quantile,
+        gamma=GammaFit(shape=1.0, loc=0.0, scale=1.0),
+        n_calibration_clips=1,
         empirical_false_alarm_rate=0.0,
     )
 
@@ -319,8 +343,16 @@ def score_with_model(
     the calibration scores come from the deployed path, as the final model's.
     The scores are the CAE's pooled errors (`Candidate.cae_scoring`).
     """
-    return raw_scores_with_model(model, candidate, paths, machine_ids=None, envelopes=None, training=training,
-                                 channel=channel, progress=progress).cae
+    return raw_scores_with_model(
+        model,
+        candidate,
+        paths,
+        machine_ids=None,
+        envelopes=None,
+        training=training,
+        channel=channel,
+        progress=progress,
+    ).cae
 
 
 def raw_scores_with_model(
@@ -342,8 +374,9 @@ def raw_scores_with_model(
     try:
         model_path = work / MODEL_FILE
         to_onnx(model, model_path, arch=candidate.arch)
-        candidate.bundle(work.name, model_path, _placeholder(DEFAULT_QUANTILE), training,
-                         scoring=candidate.cae_scoring()).write(work)
+        candidate.bundle(
+            work.name, model_path, _placeholder(DEFAULT_QUANTILE), training, scoring=candidate.cae_scoring()
+        ).write(work)
         try:
             scored = score_clips(Detector(work), paths, channel=channel, progress=progress)
         except AudioError as error:
@@ -375,8 +408,12 @@ def standardisation(values: np.ndarray) -> Standardisation:
 
 
 def _envelope_model(gaussian: Gaussian) -> EnvelopeModel:
-    return EnvelopeModel(mean=gaussian.mean.tolist(), precision=gaussian.precision.tolist(),
-                         shrinkage=gaussian.shrinkage, n_clips=gaussian.n_clips)
+    return EnvelopeModel(
+        mean=gaussian.mean.tolist(),
+        precision=gaussian.precision.tolist(),
+        shrinkage=gaussian.shrinkage,
+        n_clips=gaussian.n_clips,
+    )
 
 
 def fit_scoring(
@@ -398,21 +435,30 @@ def fit_scoring(
     for machine_id, gaussian in sorted(envelopes.per_id.items()):
         rows = ids == machine_id
         if int(rows.sum()) < MIN_ID_CLIPS:
-            raise ExportError(f"machine ID {machine_id} has its own envelope model but {int(rows.sum())} "
-                              f"calibration clips; it needs {MIN_ID_CLIPS} for its standardisation")
+            raise ExportError(
+                f"machine ID {machine_id} has its own envelope model but {int(rows.sum())} "
+                f"calibration clips; it needs {MIN_ID_CLIPS} for its standardisation"
+            )
         per_id[machine_id] = ScoringEntry(
             envelope=_envelope_model(gaussian),
-            standardisation={"cae": standardisation(raw.cae[rows]),
-                             "envelope": standardisation(raw.envelope_own[rows])},
+            standardisation={
+                "cae": standardisation(raw.cae[rows]),
+                "envelope": standardisation(raw.envelope_own[rows]),
+            },
         )
     wide = ScoringEntry(
         envelope=_envelope_model(envelopes.wide),
         standardisation={"cae": standardisation(raw.cae), "envelope": standardisation(raw.envelope_wide)},
     )
     return Scoring(
-        pooling=candidate.pooling, pooling_param=candidate.pooling_param, scorers=["cae", "envelope"],
-        band_edges=list(envelopes.edges), offset=FUSION_OFFSET, standardised_from=scores_from,
-        model_wide=wide, per_id=per_id or None,
+        pooling=candidate.pooling,
+        pooling_param=candidate.pooling_param,
+        scorers=["cae", "envelope"],
+        band_edges=list(envelopes.edges),
+        offset=FUSION_OFFSET,
+        standardised_from=scores_from,
+        model_wide=wide,
+        per_id=per_id or None,
     )
 
 
@@ -428,8 +474,13 @@ def fused_scores(
 
     def fused(rows: np.ndarray, envelope: np.ndarray, entry: ScoringEntry) -> np.ndarray:
         cae, env = entry.standardisation["cae"], entry.standardisation["envelope"]
-        return np.asarray(fuse([(raw.cae[rows] - cae.mean) / cae.std, (envelope[rows] - env.mean) / env.std],
-                               offset=scoring.offset), dtype=np.float64).reshape(int(rows.sum()))
+        return np.asarray(
+            fuse(
+                [(raw.cae[rows] - cae.mean) / cae.std, (envelope[rows] - env.mean) / env.std],
+                offset=scoring.offset,
+            ),
+            dtype=np.float64,
+        ).reshape(int(rows.sum()))
 
     ids = np.asarray(machine_ids)
     everything = np.ones(len(ids), dtype=bool)
@@ -443,7 +494,11 @@ def fused_scores(
 
 
 def fit_thresholds(
-    scores: np.ndarray, machine_ids: Sequence[str], *, quantile: float, calibration: Calibration,
+    scores: np.ndarray,
+    machine_ids: Sequence[str],
+    *,
+    quantile: float,
+    calibration: Calibration,
     wide_scores: np.ndarray | None = None,
 ) -> Threshold:
     """The model-wide threshold of all `scores` and each ID's own (IDs with `MIN_ID_CLIPS` scores or more).
@@ -459,7 +514,10 @@ def fit_thresholds(
         if int(np.sum(ids == mid)) >= MIN_ID_CLIPS
     }
     return Threshold(
-        **overall.model_dump(), scores_from=calibration.scores_from, folds=calibration.folds, per_id=per_id or None
+        **overall.model_dump(),
+        scores_from=calibration.scores_from,
+        folds=calibration.folds,
+        per_id=per_id or None,
     )
 
 
@@ -498,8 +556,9 @@ def export_detector(
         elif calibration.scores is not None:
             raw = RawScores(cae=np.asarray(calibration.scores, dtype=np.float64))
         else:
-            candidate.bundle(out.name, model_path, _placeholder(quantile), training,
-                             scoring=candidate.cae_scoring()).write(work)
+            candidate.bundle(
+                out.name, model_path, _placeholder(quantile), training, scoring=candidate.cae_scoring()
+            ).write(work)
             try:
                 scored = score_clips(Detector(work), calibration.paths, channel=channel, progress=progress)
             except AudioError as error:
@@ -515,10 +574,16 @@ def export_detector(
                 placeholder = _placeholder(quantile)
                 candidate.bundle(out.name, model_path, placeholder, training, scoring=scoring).write(work)
                 final = Detector(work)
-                scores = np.asarray([final.combine(s.patch_errors, s.band_db, machine_id=mid).score
-                                     for s, mid in zip(scored, ids, strict=True)], dtype=np.float64)
-                wide = np.asarray([final.combine(s.patch_errors, s.band_db).score for s in scored],
-                                  dtype=np.float64)
+                scores = np.asarray(
+                    [
+                        final.combine(s.patch_errors, s.band_db, machine_id=mid).score
+                        for s, mid in zip(scored, ids, strict=True)
+                    ],
+                    dtype=np.float64,
+                )
+                wide = np.asarray(
+                    [final.combine(s.patch_errors, s.band_db).score for s in scored], dtype=np.float64
+                )
         threshold = fit_thresholds(scores, ids, quantile=quantile, calibration=calibration, wide_scores=wide)
         bundle = candidate.bundle(out.name, model_path, threshold, training, fingerprint, scoring=scoring)
         bundle.write(work)
@@ -528,8 +593,12 @@ def export_detector(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return ExportResult(
-        folder=out, bundle=bundle, threshold=threshold, calibration_scores=scores,
-        max_onnx_difference=difference, calibration_scores_wide=wide,
+        folder=out,
+        bundle=bundle,
+        threshold=threshold,
+        calibration_scores=scores,
+        max_onnx_difference=difference,
+        calibration_scores_wide=wide,
         raw_scores=raw if candidate.fused else None,
     )
 

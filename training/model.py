@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -110,7 +109,7 @@ def build_cae(*, n_mels: int, frames: int, config: CaeConfig = CaeConfig()) -> k
     inputs = keras.Input(shape=(n_mels, frames, 1), name=INPUT_NAME)
     x = inputs
     pools = config.pools(frames)
-    for i, (width, pool) in enumerate(zip(config.filters, pools)):
+    for i, (width, pool) in enumerate(zip(config.filters, pools, strict=True)):
         x = layers.Conv2D(width, 3, padding="same", kernel_regularizer=reg, name=f"enc{i}_conv")(x)
         x = layers.ReLU(name=f"enc{i}_relu")(x)
         x = layers.MaxPooling2D(pool, name=f"enc{i}_pool")(x)
@@ -131,7 +130,7 @@ def build_cae(*, n_mels: int, frames: int, config: CaeConfig = CaeConfig()) -> k
     # cells. Convolving before up-sampling (cheaper, tried first) leaves the
     # output a 3x3 smoothing of 2x2 blocks: the fine spectral lines of normal
     # sound then stay unexplained and hide anomalies (models/README.md).
-    for i, (width, pool) in enumerate(zip(reversed(config.filters), reversed(pools))):
+    for i, (width, pool) in enumerate(zip(reversed(config.filters), reversed(pools), strict=True)):
         x = layers.UpSampling2D(pool, name=f"dec{i}_up")(x)
         x = layers.Conv2D(width, 3, padding="same", kernel_regularizer=reg, name=f"dec{i}_conv")(x)
         x = layers.ReLU(name=f"dec{i}_relu")(x)
@@ -143,11 +142,14 @@ def build_dense(*, n_mels: int, frames: int, config: DenseConfig = DenseConfig()
     """DCASE 2020 baseline autoencoder; input and output shape (batch, frames * n_mels)."""
     import keras
     from keras import layers
+
     dim = n_mels * frames
     inputs = keras.Input(shape=(dim,), name=INPUT_NAME)
     x = inputs
     widths: Sequence[int] = (
-        [config.hidden] * config.layers_per_side + [config.bottleneck] + [config.hidden] * config.layers_per_side
+        [config.hidden] * config.layers_per_side
+        + [config.bottleneck]
+        + [config.hidden] * config.layers_per_side
     )
     for i, width in enumerate(widths):
         x = layers.Dense(width, name=f"dense{i}")(x)

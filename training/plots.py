@@ -54,8 +54,13 @@ def _machine_ids(per_model: Mapping[str, Mapping[str, object]]) -> list[str]:
     return ids
 
 
-def plot_roc(per_model: PerModel, path: str | Path, *, thresholds: Mapping[str, float] | None = None,
-             max_fpr: float = MAX_FPR) -> Path:
+def plot_roc(
+    per_model: PerModel,
+    path: str | Path,
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    max_fpr: float = MAX_FPR,
+) -> Path:
     """ROC curve per machine ID, all models on the same axis of an ID.
 
     The region FPR <= `max_fpr` that pAUC measures is shaded; with
@@ -67,26 +72,36 @@ def plot_roc(per_model: PerModel, path: str | Path, *, thresholds: Mapping[str, 
     rows, columns = _grid(len(ids))
     fig = Figure(figsize=(3.6 * columns, 3.5 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax, machine_id in zip(axes, ids):
+    for ax, machine_id in zip(axes, ids, strict=True):
         ax.axvspan(0, max_fpr, color="0.9", label=f"pAUC region (FPR ≤ {max_fpr:g})")
         ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
-        for color, (model, by_id) in zip(_MODEL_COLORS * 2, per_model.items()):
+        for color, (model, by_id) in zip(_MODEL_COLORS * 2, per_model.items(), strict=True):
             if machine_id not in by_id:
                 continue
             labels, scores = (np.asarray(a) for a in by_id[machine_id])
             fpr, tpr, _ = roc_curve(labels, scores)
             auc = roc_auc_score(labels, scores)
             pauc = roc_auc_score(labels, scores, max_fpr=max_fpr)
-            ax.plot(fpr, tpr, color=color, linewidth=1.6,
-                    label=f"{model}: AUC {auc:.3f}, pAUC {pauc:.3f}")
+            ax.plot(fpr, tpr, color=color, linewidth=1.6, label=f"{model}: AUC {auc:.3f}, pAUC {pauc:.3f}")
             if thresholds is not None and model in thresholds:
                 c = confusion_counts(labels, scores, thresholds[model])
-                ax.plot(c["fp"] / max(1, c["fp"] + c["tn"]), c["tp"] / max(1, c["tp"] + c["fn"]),
-                        marker="o", color=color, markeredgecolor="black", linestyle="none")
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
-               title=f"ID {machine_id}")
+                ax.plot(
+                    c["fp"] / max(1, c["fp"] + c["tn"]),
+                    c["tp"] / max(1, c["tp"] + c["fn"]),
+                    marker="o",
+                    color=color,
+                    markeredgecolor="black",
+                    linestyle="none",
+                )
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            title=f"ID {machine_id}",
+        )
         ax.legend(loc="lower right", fontsize=7)
-    for ax in axes[len(ids):]:
+    for ax in axes[len(ids) :]:
         ax.set_visible(False)
     if thresholds:
         fig.suptitle("ROC per machine ID (dot: decisions at the model's threshold)", fontsize=10)
@@ -110,21 +125,33 @@ def _histogram(
     ax: Axes, labels: np.ndarray, scores: np.ndarray, threshold: float | None, *, bins: int
 ) -> None:
     edges, log_x = _histogram_bins(scores, threshold, bins)
-    ax.hist(scores[labels == 0], bins=edges, color=NORMAL_COLOR, alpha=0.6,
-            label=f"normal ({int(np.sum(labels == 0))})")
-    ax.hist(scores[labels == 1], bins=edges, color=ANOMALY_COLOR, alpha=0.6,
-            label=f"anomalous ({int(np.sum(labels == 1))})")
+    ax.hist(
+        scores[labels == 0],
+        bins=edges,
+        color=NORMAL_COLOR,
+        alpha=0.6,
+        label=f"normal ({int(np.sum(labels == 0))})",
+    )
+    ax.hist(
+        scores[labels == 1],
+        bins=edges,
+        color=ANOMALY_COLOR,
+        alpha=0.6,
+        label=f"anomalous ({int(np.sum(labels == 1))})",
+    )
     if threshold is not None:
-        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2,
-                   label=f"threshold {threshold:.4g}")
+        ax.axvline(
+            threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.4g}"
+        )
     if log_x:
         ax.set_xscale("log")
     ax.set(xlabel="anomaly score", ylabel="clips")
     ax.legend(fontsize=7)
 
 
-def plot_score_histograms(per_model: PerModel, thresholds: Mapping[str, float], path: str | Path, *,
-                          bins: int = 30) -> Path:
+def plot_score_histograms(
+    per_model: PerModel, thresholds: Mapping[str, float], path: str | Path, *, bins: int = 30
+) -> Path:
     """Score histograms of normal and anomalous clips with the threshold drawn.
 
     One row per model (their score scales differ), one column per machine ID.
@@ -134,8 +161,8 @@ def plot_score_histograms(per_model: PerModel, thresholds: Mapping[str, float], 
     ids = _machine_ids(per_model)
     fig = Figure(figsize=(3.6 * len(ids), 3.0 * len(per_model)), layout="constrained")
     axes = fig.subplots(len(per_model), len(ids), squeeze=False)
-    for row, (model, by_id) in zip(axes, per_model.items()):
-        for ax, machine_id in zip(row, ids):
+    for row, (model, by_id) in zip(axes, per_model.items(), strict=True):
+        for ax, machine_id in zip(row, ids, strict=True):
             if machine_id not in by_id:
                 ax.set_visible(False)
                 continue
@@ -152,8 +179,15 @@ def _confusion(ax: Axes, counts: Mapping[str, int], title: str) -> None:
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, f"{int(count)}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=9,
-                color="white" if rates[i, j] > 0.6 else "black")
+        ax.text(
+            j,
+            i,
+            f"{int(count)}\n{rates[i, j]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="white" if rates[i, j] > 0.6 else "black",
+        )
     ax.set_xticks([0, 1], ["normal", "anomalous"])
     ax.set_yticks([0, 1], ["normal", "anomalous"])
     ax.set(xlabel="predicted", ylabel="actual", title=title)
@@ -173,8 +207,8 @@ def plot_confusion_matrices(
     ids = _machine_ids(per_model)
     fig = Figure(figsize=(2.9 * (len(ids) + 1), 2.8 * len(per_model)), layout="constrained")
     axes = fig.subplots(len(per_model), len(ids) + 1, squeeze=False)
-    for row, (model, by_id) in zip(axes, per_model.items()):
-        for ax, machine_id in zip(row, ids):
+    for row, (model, by_id) in zip(axes, per_model.items(), strict=True):
+        for ax, machine_id in zip(row, ids, strict=True):
             if machine_id not in by_id:
                 ax.set_visible(False)
                 continue
@@ -184,8 +218,9 @@ def plot_confusion_matrices(
     return _save(fig, path)
 
 
-def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | Path, *,
-                         title: str | None = None) -> Path:
+def plot_training_curves(
+    history: Mapping[str, Sequence[float]], path: str | Path, *, title: str | None = None
+) -> Path:
     """Training and validation loss against epoch.
 
     Parameters
@@ -194,8 +229,11 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | Pat
         Must hold ``loss``; ``val_loss`` and any other key ending in ``loss``
         are drawn too, other keys (learning rate, ...) are ignored.
     """
-    curves = {name: np.asarray(values, dtype=np.float64) for name, values in history.items()
-              if name.endswith("loss") and len(values)}
+    curves = {
+        name: np.asarray(values, dtype=np.float64)
+        for name, values in history.items()
+        if name.endswith("loss") and len(values)
+    }
     if "loss" not in curves:
         raise ValueError(f"history has no 'loss' values (keys: {sorted(history)})")
     fig = Figure(figsize=(6.0, 3.8), layout="constrained")
@@ -227,7 +265,7 @@ def plot_bin_errors(profiles: Mapping[str, Mapping[str, np.ndarray]], path: str 
         raise ValueError("no model results to plot")
     fig = Figure(figsize=(7.0, 3.0 * len(profiles)), layout="constrained")
     axes = fig.subplots(len(profiles), 1, squeeze=False)[:, 0]
-    for ax, (model, profile) in zip(axes, profiles.items()):
+    for ax, (model, profile) in zip(axes, profiles.items(), strict=True):
         errors = np.asarray(profile["bin_errors"], dtype=np.float64)
         labels = np.asarray(profile["labels"])
         centres = np.asarray(profile["centre_hz"], dtype=np.float64)
@@ -238,13 +276,19 @@ def plot_bin_errors(profiles: Mapping[str, Mapping[str, np.ndarray]], path: str 
             ax.fill_between(bins, mean - sd, mean + sd, color=NORMAL_COLOR, alpha=0.25, linewidth=0)
             ax.plot(bins, mean, color=NORMAL_COLOR, label=f"normal ({len(normal)} clips, mean ± sd)")
         if (labels == 1).any():
-            ax.plot(bins, errors[labels == 1].mean(axis=0), color=ANOMALY_COLOR,
-                    label=f"anomalous ({int((labels == 1).sum())} clips, mean)")
+            ax.plot(
+                bins,
+                errors[labels == 1].mean(axis=0),
+                color=ANOMALY_COLOR,
+                label=f"anomalous ({int((labels == 1).sum())} clips, mean)",
+            )
         if np.isfinite(centres).all():
             # Mel bins on the axis (as the model sees them), labelled with the frequency of a few.
             ticks = sorted({int(np.argmin(np.abs(centres - f))) for f in _BIN_TICKS_HZ if f <= centres[-1]})
-            ax.set_xticks(ticks, [f"{centres[t] / 1000:.2g}k" if centres[t] >= 1000 else f"{centres[t]:.0f}"
-                                  for t in ticks])
+            ax.set_xticks(
+                ticks,
+                [f"{centres[t] / 1000:.2g}k" if centres[t] >= 1000 else f"{centres[t]:.0f}" for t in ticks],
+            )
             ax.set_xlabel("mel bin, at its centre frequency (Hz)")
         else:
             ax.set_xlabel("mel bin")

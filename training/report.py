@@ -197,9 +197,9 @@ def kind_aucs(scores: ModelScores, kinds: Mapping[str, str]) -> dict:
     """
     per_id: dict[str, dict[str, dict]] = {}
     for machine_id, clips in scores.ids.items():
-        normal = [s for s, label in zip(clips.scores, clips.labels) if label == 0]
+        normal = [s for s, label in zip(clips.scores, clips.labels, strict=True) if label == 0]
         by_kind: dict[str, list[float]] = {}
-        for name, score, label in zip(clips.files, clips.scores, clips.labels):
+        for name, score, label in zip(clips.files, clips.scores, clips.labels, strict=True):
             if label == 1:
                 by_kind.setdefault(kinds.get(Path(name).name, "unlisted"), []).append(score)
         per_id[machine_id] = {
@@ -252,23 +252,37 @@ def format_table(report: Mapping) -> str:
         for section in sections:
             if machine_id in section["ids"]:
                 m = section["ids"][machine_id]
-                rows.append([machine_id, section["model"], *metric_cells(m),
-                             *(str(m[k]) for k in ("tp", "fp", "tn", "fn"))])
+                rows.append(
+                    [
+                        machine_id,
+                        section["model"],
+                        *metric_cells(m),
+                        *(str(m[k]) for k in ("tp", "fp", "tn", "fn")),
+                    ]
+                )
     for section in sections:
         total = total_counts(section["ids"])
-        rows.append(["mean", section["model"], *metric_cells(section["mean"]),
-                     *(str(total[k]) for k in ("tp", "fp", "tn", "fn"))])
+        rows.append(
+            [
+                "mean",
+                section["model"],
+                *metric_cells(section["mean"]),
+                *(str(total[k]) for k in ("tp", "fp", "tn", "fn")),
+            ]
+        )
 
     header_line, *row_lines = _aligned([header, *rows])
 
     n_clips = sum(m["n_normal"] + m["n_anomaly"] for m in report["ids"].values())
-    lines = [f"machine type {report['machine_type']}: {len(report['ids'])} ID(s), {n_clips} test clips; "
-             f"pAUC with max FPR {MAX_FPR:g}; anomalous when score > threshold"]
+    lines = [
+        f"machine type {report['machine_type']}: {len(report['ids'])} ID(s), {n_clips} test clips; "
+        f"pAUC with max FPR {MAX_FPR:g}; anomalous when score > threshold"
+    ]
     lines += [f"threshold of {s['model']}: {s['threshold']:.6g}" for s in sections]
     rule = "-" * len(header_line)
     lines += [rule, header_line, rule]
     lines += row_lines[: len(rows) - len(sections)]
-    lines += [rule] + row_lines[len(rows) - len(sections):]
+    lines += [rule, *row_lines[len(rows) - len(sections) :]]
     lines.append("(mean rows: metrics averaged over IDs, counts summed)")
     if all("kinds" in section for section in sections):
         lines += ["", *_kinds_table(sections)]
@@ -297,8 +311,12 @@ def _kinds_table(sections: Sequence[Mapping]) -> list[str]:
 def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
     """Rows of cells as lines: the first two (text) columns left-aligned, the numbers right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-            for row in rows]
+    return [
+        "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
 
 
 def print_table(report: Mapping, *, file: TextIO | None = None) -> None:
@@ -321,10 +339,14 @@ def write_dcase_csvs(scores: ModelScores, out_dir: Path) -> list[Path]:
         names = [Path(f).name for f in clips.files]
         stem = f"{scores.machine_type}_id_{machine_id}"
         values = [float(s) for s in clips.scores]
-        written.append(_write_csv(out_dir / f"anomaly_score_{stem}.csv", list(zip(names, values))))
+        written.append(
+            _write_csv(out_dir / f"anomaly_score_{stem}.csv", list(zip(names, values, strict=True)))
+        )
         # 1 = anomalous, by the service's rule score > threshold.
         decisions = [int(v > scores.threshold) for v in values]
-        written.append(_write_csv(out_dir / f"decision_result_{stem}.csv", list(zip(names, decisions))))
+        written.append(
+            _write_csv(out_dir / f"decision_result_{stem}.csv", list(zip(names, decisions, strict=True)))
+        )
     return written
 
 
@@ -457,8 +479,10 @@ def find_test_clips(data_root: str | Path, machine_type: str) -> dict[str, list[
     return dict(sorted(clips.items()))
 
 
-def _select_ids(found: Mapping[str, list[tuple[Path, int]]], wanted: Sequence[str],
-                ) -> dict[str, list[tuple[Path, int]]]:
+def _select_ids(
+    found: Mapping[str, list[tuple[Path, int]]],
+    wanted: Sequence[str],
+) -> dict[str, list[tuple[Path, int]]]:
     folder = next(iter(found.values()))[0][0].parent
     missing = [mid for mid in wanted if mid not in found]
     if missing:
@@ -497,9 +521,15 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Path, int]]], *,
-                channel: Channel = 0, progress: bool = True, names: Sequence[str] | None = None,
-                workers: int | None = None) -> list[ModelScores]:
+def score_clips(
+    detectors: Sequence[Detector],
+    clips: Mapping[str, list[tuple[Path, int]]],
+    *,
+    channel: Channel = 0,
+    progress: bool = True,
+    names: Sequence[str] | None = None,
+    workers: int | None = None,
+) -> list[ModelScores]:
     """Score every clip with every detector; each clip is decoded once per sample rate.
 
     Clips are scored on `workers` threads (libsndfile, soxr, numpy's FFT and
@@ -533,8 +563,8 @@ def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Pa
     try:
         with bar:
             # map() yields in job order, so the lists line up with `clips` whatever the scheduling.
-            for (machine_id, path, label), scores in zip(jobs, pool.map(score_one, jobs)):
-                for collected, score in zip(per_model, scores):
+            for (machine_id, path, label), scores in zip(jobs, pool.map(score_one, jobs), strict=True):
+                for collected, score in zip(per_model, scores, strict=True):
                     entry = collected[machine_id]
                     entry["files"].append(str(path))
                     entry["labels"].append(label)
@@ -545,9 +575,14 @@ def score_clips(detectors: Sequence[Detector], clips: Mapping[str, list[tuple[Pa
         # On a bad clip (or Ctrl-C) stop at once rather than scoring the clips still queued.
         pool.shutdown(wait=True, cancel_futures=True)
     return [
-        ModelScores(model=name, machine_type=d.bundle.machine_type, threshold=d.threshold, ids=collected,
-                    bin_centres_hz=mel_centres_hz(d))
-        for name, d, collected in zip(names, detectors, per_model)
+        ModelScores(
+            model=name,
+            machine_type=d.bundle.machine_type,
+            threshold=d.threshold,
+            ids=collected,
+            bin_centres_hz=mel_centres_hz(d),
+        )
+        for name, d, collected in zip(names, detectors, per_model, strict=True)
     ]
 
 
@@ -620,7 +655,7 @@ def evaluate_model(
     report = build_report(results[0], results[1] if len(results) > 1 else None)
     kinds = read_anomaly_kinds(next(iter(clips.values()))[0][0].parent)
     if kinds:
-        for section, scores in zip(_sections(report), results):
+        for section, scores in zip(_sections(report), results, strict=True):
             section["kinds"] = kind_aucs(scores, kinds)
     if out is not None:
         write_report(report, results, out)
@@ -630,18 +665,39 @@ def evaluate_model(
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``asd-train evaluate``; pair with `run_evaluate`."""
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="exported detector folder")
-    parser.add_argument("data_root", type=Path, metavar="DATA_ROOT",
-                        help="DCASE-layout data: DATA_ROOT/<machine_type>/test/{normal,anomaly}_id_XX_*.wav")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="folder for report.json, CSVs and figures (default: reports/<model>)")
-    parser.add_argument("--compare", type=Path, metavar="OTHER_MODEL_DIR",
-                        help="a second detector scored on the same clips, reported side by side")
-    parser.add_argument("--ids", nargs="+", metavar="ID",
-                        help="machine IDs to evaluate (default: the model's)")
-    parser.add_argument("--channel", type=parse_channel, default=0,
-                        help="channel of multi-channel files, or 'mean' (default: 0)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="threads scoring clips in parallel (default: up to 4, one per core)")
+    parser.add_argument(
+        "data_root",
+        type=Path,
+        metavar="DATA_ROOT",
+        help="DCASE-layout data: DATA_ROOT/<machine_type>/test/{normal,anomaly}_id_XX_*.wav",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder for report.json, CSVs and figures (default: reports/<model>)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="OTHER_MODEL_DIR",
+        help="a second detector scored on the same clips, reported side by side",
+    )
+    parser.add_argument(
+        "--ids", nargs="+", metavar="ID", help="machine IDs to evaluate (default: the model's)"
+    )
+    parser.add_argument(
+        "--channel",
+        type=parse_channel,
+        default=0,
+        help="channel of multi-channel files, or 'mean' (default: 0)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="threads scoring clips in parallel (default: up to 4, one per core)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -654,9 +710,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``asd-train evaluate`` from parsed arguments; returns the exit status."""
     out = args.out if args.out is not None else default_out_dir(args.model_dir, args.compare)
     try:
-        report = evaluate_model(args.model_dir, args.data_root, out=out, compare=args.compare,
-                                channel=args.channel, ids=args.ids, progress=not args.no_progress,
-                                workers=args.workers)
+        report = evaluate_model(
+            args.model_dir,
+            args.data_root,
+            out=out,
+            compare=args.compare,
+            channel=args.channel,
+            ids=args.ids,
+            progress=not args.no_progress,
+            workers=args.workers,
+        )
     except EvaluationError as error:
         print(f"asd-train evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -73,11 +73,15 @@ def quantile_for(false_alarm_rate: float | None) -> float:
     if false_alarm_rate is None:
         return DEFAULT_QUANTILE
     if not 0.0 < false_alarm_rate < 1.0:
-        raise ThresholdError(f"the false-alarm rate must be between 0 and 1 (exclusive), got {false_alarm_rate}")
+        raise ThresholdError(
+            f"the false-alarm rate must be between 0 and 1 (exclusive), got {false_alarm_rate}"
+        )
     return 1.0 - false_alarm_rate
 
 
-def fit_gamma_threshold(scores: Sequence[float] | np.ndarray, *, quantile: float = DEFAULT_QUANTILE) -> GammaThreshold:
+def fit_gamma_threshold(
+    scores: Sequence[float] | np.ndarray, *, quantile: float = DEFAULT_QUANTILE
+) -> GammaThreshold:
     """Fit a gamma to `scores` (shape (n,), normal clips) and return its `quantile`."""
     if not 0.0 < quantile < 1.0:
         raise ThresholdError(f"quantile must be in (0, 1), got {quantile}")
@@ -91,12 +95,16 @@ def fit_gamma_threshold(scores: Sequence[float] | np.ndarray, *, quantile: float
         raise ThresholdError("a calibration score is NaN or infinite")
     spread = float(np.ptp(x))
     if spread <= 1e-12 * max(float(np.abs(x).max()), 1e-30):
-        raise ThresholdError(f"all {x.size} calibration scores are equal ({x[0]:.6g}); no distribution to fit")
+        raise ThresholdError(
+            f"all {x.size} calibration scores are equal ({x[0]:.6g}); no distribution to fit"
+        )
 
     (shape, loc, scale), note = _fit(x)
     value = float(stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
     if not np.isfinite(value):
-        raise ThresholdError(f"the gamma fit (shape={shape:g}, loc={loc:g}, scale={scale:g}) has no finite quantile")
+        raise ThresholdError(
+            f"the gamma fit (shape={shape:g}, loc={loc:g}, scale={scale:g}) has no finite quantile"
+        )
     far = float(np.mean(x > value))
     return GammaThreshold(
         value=value,
@@ -110,7 +118,9 @@ def fit_gamma_threshold(scores: Sequence[float] | np.ndarray, *, quantile: float
     )
 
 
-def _fit(x: np.ndarray, *, start: tuple[float, float, float] | None = None) -> tuple[tuple[float, float, float], str]:
+def _fit(
+    x: np.ndarray, *, start: tuple[float, float, float] | None = None
+) -> tuple[tuple[float, float, float], str]:
     """Gamma parameters of `x` and how they were found (the rules of the module docstring).
 
     A free location with shape <= 1 is the three-parameter fit's known

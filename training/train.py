@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -230,8 +230,8 @@ class FitSummary:
             out.append(f"  ignored    {self.ignored_anomalies} files named anomaly_* (not trained on)")
         out += [
             f"  epochs     {self.epochs_run} run, best {self.best_epoch}: loss {self.loss:.4f}{val}"
-            if t.scores_from != "cross_fit" else
-            f"  epochs     {self.epochs_run} run (the folds' median optimiser steps to their best epoch), loss {self.loss:.4f}; "
+            if t.scores_from != "cross_fit"
+            else f"  epochs     {self.epochs_run} run (the folds' median optimiser steps to their best epoch), loss {self.loss:.4f}; "
             f"folds' held-out loss {self.val_loss:.4f}",
             f"  time       features {s['features']:.1f} s, training {s['training']:.1f} s, "
             f"export {s['export']:.1f} s, total {s['total']:.1f} s",
@@ -247,25 +247,42 @@ class FitSummary:
     def id_lines(self) -> list[str]:
         """Per machine ID: its own threshold, calibrated and empirical false-alarm rates, precision."""
         if not self.threshold.per_id:
-            return ["  per ID     none: fewer than 10 calibration clips per ID; every ID uses the model-wide one"]
+            return [
+                "  per ID     none: fewer than 10 calibration clips per ID; every ID uses the model-wide one"
+            ]
         ids = np.asarray(self.calibration_ids)
         # The model-wide column: this ID's clips as a request without a machine ID scores them.
         wide = self.calibration_scores_wide
         wide = self.calibration_scores if wide is None else wide
-        rows = [("ID", "threshold", "clips", "target", "empirical", "model-wide", "90 % interval", "for +/-3")]
+        rows = [
+            ("ID", "threshold", "clips", "target", "empirical", "model-wide", "90 % interval", "for +/-3")
+        ]
         for mid, fit in self.threshold.per_id.items():
             unnamed = float(np.mean(wide[ids == mid] > self.threshold.value))
             lo, hi = fit.false_alarm_interval or (float("nan"), float("nan"))
-            rows.append((
-                mid, f"{fit.value:.6g}", str(fit.n_calibration_clips), f"{1 - fit.quantile:.3f}",
-                f"{fit.empirical_false_alarm_rate:.3f}", f"{unnamed:.3f}",
-                f"{lo:.3f}-{hi:.3f}", str(fit.clips_for_3_points),
-            ))
+            rows.append(
+                (
+                    mid,
+                    f"{fit.value:.6g}",
+                    str(fit.n_calibration_clips),
+                    f"{1 - fit.quantile:.3f}",
+                    f"{fit.empirical_false_alarm_rate:.3f}",
+                    f"{unnamed:.3f}",
+                    f"{lo:.3f}-{hi:.3f}",
+                    str(fit.clips_for_3_points),
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         table = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-        note = ("(empirical: this ID's calibration clips above its own threshold; model-wide: above the "
-                "model-wide one)")
-        return ["  per ID     " + table[0], *("             " + line for line in table[1:]), "             " + note]
+        note = (
+            "(empirical: this ID's calibration clips above its own threshold; model-wide: above the "
+            "model-wide one)"
+        )
+        return [
+            "  per ID     " + table[0],
+            *("             " + line for line in table[1:]),
+            "             " + note,
+        ]
 
 
 def _precision(fit: ThresholdFit) -> str:
@@ -274,7 +291,11 @@ def _precision(fit: ThresholdFit) -> str:
         return "precision unknown"
     lo, hi = fit.false_alarm_interval
     more = (fit.clips_for_3_points or fit.n_calibration_clips) - fit.n_calibration_clips
-    tail = "already within +/- 3 points" if more <= 0 else f"about {more} more clips would narrow it to +/- 3 points"
+    tail = (
+        "already within +/- 3 points"
+        if more <= 0
+        else f"about {more} more clips would narrow it to +/- 3 points"
+    )
     return f"90 % interval of the false-alarm rate on new normal clips: {lo:.3f}-{hi:.3f}; {tail}"
 
 
@@ -294,7 +315,9 @@ def read_training_clips(data_root: Path, options: FitOptions) -> tuple[LoadResul
     usable = [f for f in files if f.label != "anomaly"]
     ignored = len(files) - len(usable)
     if not usable:
-        raise DatasetError(f"all {len(files)} WAV files under {data_root} are named anomaly_*; nothing to train on")
+        raise DatasetError(
+            f"all {len(files)} WAV files under {data_root} are named anomaly_*; nothing to train on"
+        )
     with tqdm(total=len(usable), desc="features", unit="clip", disable=not options.progress) as bar:
         result = load_features(
             usable,
@@ -311,8 +334,13 @@ def read_training_clips(data_root: Path, options: FitOptions) -> tuple[LoadResul
 
 
 def train_keras(
-    x_train: np.ndarray, x_val: np.ndarray | None, options: FitOptions, *, stream: TextIO | None = None,
-    label: str = "", max_steps: int | None = None,
+    x_train: np.ndarray,
+    x_val: np.ndarray | None,
+    options: FitOptions,
+    *,
+    stream: TextIO | None = None,
+    label: str = "",
+    max_steps: int | None = None,
 ) -> tuple[object, dict[str, list[float]]]:
     """Fit the autoencoder on patches in the graph layout; returns (keras.Model, history).
 
@@ -330,8 +358,8 @@ def train_keras(
     at random, with or without XLA or oneDNN), while a compiled step called
     from Python never did (models/README.md, "Training speed").
     """
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     from training.model import build_model
 
@@ -398,13 +426,20 @@ def train_keras(
         history["loss"].append(total / seen)
         if x_val is None:
             if options.progress:
-                print(f"{label}{desc}: loss {total / seen:.4f} ({time.perf_counter() - began:.0f} s)",
-                      file=stream, flush=True)
+                print(
+                    f"{label}{desc}: loss {total / seen:.4f} ({time.perf_counter() - began:.0f} s)",
+                    file=stream,
+                    flush=True,
+                )
             continue
         history["val_loss"].append(val_loss)
         if options.progress:
-            print(f"{label}{desc}: loss {total / seen:.4f}, val_loss {val_loss:.4f} "
-                  f"({time.perf_counter() - began:.0f} s)", file=stream, flush=True)
+            print(
+                f"{label}{desc}: loss {total / seen:.4f}, val_loss {val_loss:.4f} "
+                f"({time.perf_counter() - began:.0f} s)",
+                file=stream,
+                flush=True,
+            )
         if val_loss < best_loss:
             best_loss, best_weights, waited = val_loss, model.get_weights(), 0
         else:
@@ -497,7 +532,7 @@ def run_fit(
     seconds = {"features": features_done - started, "training": training_done - features_done}
     ids = sorted(loaded.clips_per_id())
     training = Training(
-        trained_at=datetime.now(timezone.utc),
+        trained_at=datetime.now(UTC),
         data_root=str(data_root),
         n_clips=len(trained.train_clips),
         n_validation_clips=len(trained.val_clips),
@@ -523,7 +558,9 @@ def run_fit(
     stats = [c.stats for c in loaded.clips if c.stats is not None]
     fingerprint = build_fingerprint(stats, [c.file.machine_id for c in loaded.clips if c.stats is not None])
     to_score = 0 if trained.calibration.scores is not None else len(trained.calibration.paths)
-    with tqdm(total=to_score, desc="calibrate", unit="clip", disable=not options.progress or not to_score) as bar:
+    with tqdm(
+        total=to_score, desc="calibrate", unit="clip", disable=not options.progress or not to_score
+    ) as bar:
         result = export_detector(
             trained.model,
             out=Path(out),
@@ -541,7 +578,8 @@ def run_fit(
     from training.plots import plot_training_curves
 
     plot_training_curves(
-        history, Path(out) / TRAINING_CURVES_FILE,
+        history,
+        Path(out) / TRAINING_CURVES_FILE,
         title=f"{options.machine_type} {options.arch}: training curves",
     )
     summary = FitSummary(
@@ -579,9 +617,16 @@ def _candidate(
 ) -> Candidate:
     assert options.frames is not None and options.patch_hop is not None
     return Candidate(
-        arch=options.arch, params=options.features, frames=options.frames, hop=options.patch_hop,
-        normalizer=normalizer, machine_type=options.machine_type, machine_ids=list(ids),
-        pooling=options.pooling, pooling_param=options.pooling_param, envelopes=envelopes,
+        arch=options.arch,
+        params=options.features,
+        frames=options.frames,
+        hop=options.patch_hop,
+        normalizer=normalizer,
+        machine_type=options.machine_type,
+        machine_ids=list(ids),
+        pooling=options.pooling,
+        pooling_param=options.pooling_param,
+        envelopes=envelopes,
         fused=options.fused,
     )
 
@@ -593,15 +638,21 @@ def _describe_scoring(options: FitOptions, calibration: Calibration) -> str:
     if not options.fused:
         return f"cae, {pooling} pooling"
     where = "out-of-fold" if calibration.scores_from == "cross_fit" else "held-out"
-    return (f"cae ({pooling} pooling) + envelope, each standardised per ID on {where} normal scores, "
-            "thresholds on the fused scores")
+    return (
+        f"cae ({pooling} pooling) + envelope, each standardised per ID on {where} normal scores, "
+        "thresholds on the fused scores"
+    )
 
 
 def _envelopes(clips: Sequence[FeatureClip], options: FitOptions, *, own_ids: Sequence[str]) -> Envelopes:
     """Envelope Gaussians of the scoring model's training clips: all of them and each of `own_ids`'."""
     levels = np.stack([c.spec.mean(axis=1, dtype=np.float64) for c in clips])
-    return fit_envelopes(levels, [c.file.machine_id for c in clips],
-                         edges=band_edges(n_mels=options.features.n_mels), own_ids=own_ids)
+    return fit_envelopes(
+        levels,
+        [c.file.machine_id for c in clips],
+        edges=band_edges(n_mels=options.features.n_mels),
+        own_ids=own_ids,
+    )
 
 
 def _own_ids(clips: Sequence[FeatureClip]) -> list[str]:
@@ -624,19 +675,27 @@ def _fit_holdout(clips: list[FeatureClip], options: FitOptions, stream: TextIO) 
     print(
         f"{len(train_clips)} training clips ({len(x_train)} patches), {len(val_clips)} validation clips "
         f"({len(x_val)} patches); threshold from the validation clips",
-        file=stream, flush=True,
+        file=stream,
+        flush=True,
     )
     model, history = train_keras(x_train, x_val, options, stream=stream)
     # train_keras runs at least one epoch and raises on a non-finite loss, so both lists are full and finite.
     best = int(np.argmin(history["val_loss"]))
     envelopes = _envelopes(train_clips, options, own_ids=_own_ids(val_clips)) if options.fused else None
     return _Trained(
-        model=model, history=history, normalizer=normalizer, check_inputs=x_val,
+        model=model,
+        history=history,
+        normalizer=normalizer,
+        check_inputs=x_val,
         calibration=Calibration(
-            paths=[c.file.path for c in val_clips], machine_ids=[c.file.machine_id for c in val_clips],
+            paths=[c.file.path for c in val_clips],
+            machine_ids=[c.file.machine_id for c in val_clips],
             scores_from="holdout",
         ),
-        train_clips=train_clips, val_clips=val_clips, best_epoch=best + 1, val_loss=history["val_loss"][best],
+        train_clips=train_clips,
+        val_clips=val_clips,
+        best_epoch=best + 1,
+        val_loss=history["val_loss"][best],
         envelopes=envelopes,
     )
 
@@ -650,7 +709,9 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
     """
     k = min(options.folds, len(clips))
     fold = assign_folds(clips, folds=k, seed=options.seed)
-    print(f"{len(clips)} clips: {k}-fold cross-fit, then a final model on all of them", file=stream, flush=True)
+    print(
+        f"{len(clips)} clips: {k}-fold cross-fit, then a final model on all of them", file=stream, flush=True
+    )
     scores = np.empty(len(clips), dtype=np.float64)
     own_ids = _own_ids(clips)
     envelope_own = np.empty(len(clips), dtype=np.float64)
@@ -660,8 +721,15 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
     fold_level: list[dict[str | None, float]] = []
     val_losses: list[float] = []
     scratch = Training(
-        trained_at=datetime.now(timezone.utc), data_root=data_root, n_clips=len(clips), n_validation_clips=0,
-        hours=0.0, clips_per_id={}, skipped_files=0, epochs_run=0, seed=options.seed,
+        trained_at=datetime.now(UTC),
+        data_root=data_root,
+        n_clips=len(clips),
+        n_validation_clips=0,
+        hours=0.0,
+        clips_per_id={},
+        skipped_files=0,
+        epochs_run=0,
+        seed=options.seed,
     )
     for f in range(k):
         held = np.flatnonzero(fold == f)
@@ -670,7 +738,11 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
         normalizer = fit_normalizer(c.spec for c in kept)
         x_kept = _patches(kept, normalizer, options)
         model, history = train_keras(
-            x_kept, _patches(out_clips, normalizer, options), options, stream=stream, label=f"fold {f + 1}/{k} ",
+            x_kept,
+            _patches(out_clips, normalizer, options),
+            options,
+            stream=stream,
+            label=f"fold {f + 1}/{k} ",
         )
         best = int(np.argmin(history["val_loss"]))
         best_epochs.append(best + 1)
@@ -681,13 +753,16 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
         # One export scores the held-out clips and, for the alignment below, the fold's own training clips.
         both = out_clips + kept
         raw = raw_scores_with_model(
-            model, _candidate(options, normalizer, sorted({c.file.machine_id for c in clips})),
-            [c.file.path for c in both], machine_ids=[c.file.machine_id for c in both],
+            model,
+            _candidate(options, normalizer, sorted({c.file.machine_id for c in clips})),
+            [c.file.path for c in both],
+            machine_ids=[c.file.machine_id for c in both],
             envelopes=_envelopes(kept, options, own_ids=own_ids) if options.fused else None,
-            training=scratch, channel=options.channel,
+            training=scratch,
+            channel=options.channel,
         )
         scores[held] = raw.cae[: len(out_clips)]
-        fold_level.append(_levels(raw.cae[len(out_clips):], [c.file.machine_id for c in kept]))
+        fold_level.append(_levels(raw.cae[len(out_clips) :], [c.file.machine_id for c in kept]))
         if options.fused:
             assert raw.envelope_own is not None and raw.envelope_wide is not None
             envelope_own[held] = raw.envelope_own[: len(out_clips)]
@@ -697,13 +772,14 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
     # not as many epochs: with few clips the loss is still falling at the last epoch, and a model that
     # took more steps scores new normal clips lower than the folds scored theirs, so the threshold
     # would flag far fewer than the target share (models/README.md, "Calibration").
-    steps = max(1, int(round(float(np.median(best_steps)))))
+    steps = max(1, round(float(np.median(best_steps))))
     normalizer = fit_normalizer(c.spec for c in clips)
     x_all = _patches(clips, normalizer, options)
     per_epoch = -(-len(x_all) // options.batch_size)
     epochs = -(-steps // per_epoch)
-    model, history = train_keras(x_all, None, replace(options, epochs=epochs), stream=stream, label="final ",
-                                 max_steps=steps)
+    model, history = train_keras(
+        x_all, None, replace(options, epochs=epochs), stream=stream, label="final ", max_steps=steps
+    )
     check_inputs = x_all[:MAX_CHECK_PATCHES].copy()
     del x_all
     # Each fold model has its own score level (its initialisation and training path), and pooling
@@ -712,24 +788,41 @@ def _fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *,
     # its distance from its fold model's level on that model's training clips of the same ID, and is
     # placed on the final model's level on its training clips.
     ids = [c.file.machine_id for c in clips]
-    final_level = _levels(score_with_model(
-        model, _candidate(options, normalizer, sorted(set(ids))), [c.file.path for c in clips],
-        training=scratch, channel=options.channel,
-    ), ids)
+    final_level = _levels(
+        score_with_model(
+            model,
+            _candidate(options, normalizer, sorted(set(ids))),
+            [c.file.path for c in clips],
+            training=scratch,
+            channel=options.channel,
+        ),
+        ids,
+    )
     for i, machine_id in enumerate(ids):
         level = fold_level[fold[i]]
         scores[i] += final_level.get(machine_id, final_level[None]) - level.get(machine_id, level[None])
     fused = options.fused
     return _Trained(
-        model=model, history=history, normalizer=normalizer, check_inputs=check_inputs,
+        model=model,
+        history=history,
+        normalizer=normalizer,
+        check_inputs=check_inputs,
         calibration=Calibration(
-            paths=[c.file.path for c in clips], machine_ids=[c.file.machine_id for c in clips],
-            scores_from="cross_fit", scores=scores, folds=k,
+            paths=[c.file.path for c in clips],
+            machine_ids=[c.file.machine_id for c in clips],
+            scores_from="cross_fit",
+            scores=scores,
+            folds=k,
             raw=RawScores(cae=scores, envelope_own=envelope_own, envelope_wide=envelope_wide)
-            if fused else None,
+            if fused
+            else None,
         ),
-        train_clips=list(clips), val_clips=[], best_epoch=epochs, val_loss=float(np.mean(val_losses)),
-        fold_best_epochs=best_epochs, fold_val_losses=val_losses,
+        train_clips=list(clips),
+        val_clips=[],
+        best_epoch=epochs,
+        val_loss=float(np.mean(val_losses)),
+        fold_best_epochs=best_epochs,
+        fold_val_losses=val_losses,
         envelopes=_envelopes(clips, options, own_ids=own_ids) if fused else None,
     )
 
@@ -745,7 +838,11 @@ def _levels(scores: np.ndarray, machine_ids: Sequence[str]) -> dict[str | None, 
 def _patches(clips: list[FeatureClip], normalizer: Normalizer, options: FitOptions) -> np.ndarray:
     assert options.frames is not None and options.patch_hop is not None
     return patch_array(
-        [c.spec for c in clips], normalizer=normalizer, frames=options.frames, hop=options.patch_hop, arch=options.arch
+        [c.spec for c in clips],
+        normalizer=normalizer,
+        frames=options.frames,
+        hop=options.patch_hop,
+        arch=options.arch,
     )
 
 

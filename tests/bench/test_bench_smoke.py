@@ -40,7 +40,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
         rss_after_requests=12,
         cold_starts=1,
         warmup_requests=2,
-        detector_dir=make_detector(root / "tiny" / "slider", factor=FACTOR, threshold=1.0, machine_ids=("00",)),
+        detector_dir=make_detector(
+            root / "tiny" / "slider", factor=FACTOR, threshold=1.0, machine_ids=("00",)
+        ),
         predict=lambda batch: batch * np.float32(FACTOR),
         training_check=False,
     )
@@ -53,7 +55,10 @@ def test_in_process_numbers_exist_and_scores_are_the_detectors(smoke):
         assert pipeline["n_clips"] == 5
         for stage in ("decode", "features", "inference", "total"):
             numbers = pipeline["stages"][stage]
-            assert _finite_positive(numbers["median_ms"]) and _finite_positive(numbers["p95_ms"]), (stage, numbers)
+            assert _finite_positive(numbers["median_ms"]) and _finite_positive(numbers["p95_ms"]), (
+                stage,
+                numbers,
+            )
             assert numbers["cpu_median_ms"] >= 0 and math.isfinite(numbers["cpu_median_ms"])
         assert _finite_positive(pipeline["clips_per_second"])
     # Ours is the deployed path: exactly read_audio + Detector.score.
@@ -80,7 +85,14 @@ def test_report_tables_have_their_shape(smoke):
     text = text_table(smoke)
     assert "naive/ours" in text and "clips/s" in text
     markdown = render(smoke)
-    for heading in ("## Machine", "## Commands", "## In-process", "## HTTP", "## Cold start and memory", "## Targets"):
+    for heading in (
+        "## Machine",
+        "## Commands",
+        "## In-process",
+        "## HTTP",
+        "## Cold start and memory",
+        "## Targets",
+    ):
         assert heading in markdown
     # Every Markdown table row has as many cells as its header.
     table: list[str] = []
@@ -92,7 +104,11 @@ def test_report_tables_have_their_shape(smoke):
             widths = {row.strip().count("|") for row in table}
             assert len(widths) == 1, table
             table = []
-    stage_rows = [line for line in markdown.splitlines() if line.startswith(("| decode |", "| features |", "| inference |", "| total |"))]
+    stage_rows = [
+        line
+        for line in markdown.splitlines()
+        if line.startswith(("| decode |", "| features |", "| inference |", "| total |"))
+    ]
     assert len(stage_rows) == 4
     for line in stage_rows:
         cells = [c.strip() for c in line.strip("|").split("|")]

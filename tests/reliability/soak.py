@@ -333,7 +333,7 @@ def run_against(
     step = max(100, requests // 20)
 
     def on_done(count: int) -> None:
-        if count == RSS_FROM or count % step == 0 or count == requests:
+        if count in (RSS_FROM, requests) or count % step == 0:
             rss_at[count] = server.workers_rss_kib()
             if count % (step * 4) == 0:
                 log(f"  {count}/{requests} requests, workers RSS {rss_at[count] / 1024:.0f} MiB")

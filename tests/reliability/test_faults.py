@@ -112,7 +112,9 @@ def test_touching_a_file_without_changing_it_keeps_the_model_ready(writable_mode
         registry.check_interval_s = 0
         hashed = []
         real_digest = registry_module.sha256_of
-        monkeypatch.setattr(registry_module, "sha256_of", lambda path: hashed.append(path) or real_digest(path))
+        monkeypatch.setattr(
+            registry_module, "sha256_of", lambda path: hashed.append(path) or real_digest(path)
+        )
         for _ in range(5):
             assert client.get("/ready").status_code == 200
         assert hashed == []  # unchanged stat: no file is read again

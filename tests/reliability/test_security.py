@@ -227,6 +227,7 @@ def test_a_stalled_body_is_answered_408_and_the_connection_closed(serve_with, mo
             sent.append({})
             return {"type": "http.request", "body": first, "more_body": True}
         await anyio.sleep_forever()  # the client stops sending
+        return None
 
     async def send(message):
         sent.append(message)

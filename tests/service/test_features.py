@@ -56,7 +56,7 @@ def test_tone_energy_lands_in_its_mel_band():
 
 
 @pytest.mark.parametrize(
-    "signal, message",
+    ("signal", "message"),
     [
         (np.zeros((2, 100), dtype=np.float32), "mono"),
         (np.zeros(0, dtype=np.float32), "empty"),
@@ -104,7 +104,7 @@ def test_packed_filter_bank_of_the_wrong_size_is_refused():
     from service.bundle import Features
 
     packed = Features.from_params(FeatureParams()).mel_filters
-    too_wide = {"first_bin": [512] + packed.first_bin[1:], "weights": packed.weights}
+    too_wide = {"first_bin": [512, *packed.first_bin[1:]], "weights": packed.weights}
     with pytest.raises(ValidationError, match="beyond"):
         Features(mel_filters=too_wide)
     with pytest.raises(ValidationError, match="n_mels"):

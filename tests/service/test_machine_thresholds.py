@@ -144,9 +144,7 @@ def test_machine_id_spellings_are_one_id(client, models, spelling):
     assert body["threshold"] == bundle(models).threshold.per_id["06"].value
 
 
-@pytest.mark.parametrize(
-    "path", ["/v1/score", "/v1/models/machine/score", "/v1/models/machine/score/batch"]
-)
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/models/machine/score", "/v1/models/machine/score/batch"])
 @pytest.mark.parametrize("machine_id", ["07", "id_99"])
 def test_an_unknown_machine_id_is_refused_with_the_known_ones(client, path, machine_id):
     field = "files" if path.endswith("batch") else "file"

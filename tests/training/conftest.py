@@ -73,7 +73,9 @@ def fitted(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     return Fitted(model_dir=out, exit_code=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
-def write_tone(path: Path, *, seconds: float = 2.0, rate: int = SR, channels: int = 1, freq: float = 440.0) -> np.ndarray:
+def write_tone(
+    path: Path, *, seconds: float = 2.0, rate: int = SR, channels: int = 1, freq: float = 440.0
+) -> np.ndarray:
     """A sine (channel c at `freq * (c + 1)`), written as PCM_16; returns the float data (n, channels)."""
     t = np.arange(int(seconds * rate)) / rate
     data = np.stack([0.3 * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)], axis=1)

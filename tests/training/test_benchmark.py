@@ -73,14 +73,15 @@ def test_malformed_options_are_refused(options: dict) -> None:
         build_config(**options)
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(("argv", "message"), [
     (["--detectors", "cae,nope"], "unknown detector(s) nope; known: cae, dense"),
     (["--snr=9:3"], "SNR variant '9:3'"),
     (["--detector", "broken"], "NAME=ARGS"),
     (["--train", "many"], "--train takes a number"),
 ])  # fmt: skip
-def test_cli_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             argv: list[str], message: str) -> None:
+def test_cli_refuses_bad_options_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     assert main(["benchmark", "--out", str(tmp_path / "Q.md"), "--work", str(tmp_path / "w"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("asd-train benchmark: error: ") and message in err
@@ -90,22 +91,37 @@ def test_cli_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.Capt
 # --- tables from synthetic records ------------------------------------------------------------------------
 
 
-def _cell(family: str, seed: int, detector: str, aucs: list[float], paucs: list[float], *,
-          snr: str = "default", kinds: dict | None = None) -> CellResult:
+def _cell(
+    family: str,
+    seed: int,
+    detector: str,
+    aucs: list[float],
+    paucs: list[float],
+    *,
+    snr: str = "default",
+    kinds: dict | None = None,
+) -> CellResult:
     ids = {mid: {"auc": a, "pauc": p} for mid, a, p in zip(("00", "02"), aucs, paucs, strict=True)}
     return CellResult(family, seed, snr, detector, seed, ids=ids, kinds=kinds or {})
 
 
 def _records() -> list[CellResult]:
     return [
-        _cell("slider", 0, "cae", [0.9, 0.8], [0.7, 0.6], kinds={"00": {"dent": 0.9, "squeal": 0.8},
-                                                               "02": {"dent": 0.7}}),
+        _cell(
+            "slider",
+            0,
+            "cae",
+            [0.9, 0.8],
+            [0.7, 0.6],
+            kinds={"00": {"dent": 0.9, "squeal": 0.8}, "02": {"dent": 0.7}},
+        ),
         _cell("slider", 0, "dense", [0.8, 0.8], [0.6, 0.5], kinds={"00": {"dent": 0.6}, "02": {"dent": 0.8}}),
         _cell("slider", 1, "cae", [0.7, 0.9], [0.5, 0.7], kinds={"00": {"dent": 0.5}, "02": {"dent": 0.7}}),
         _cell("slider", 1, "dense", [0.75, 0.85], [0.55, 0.6]),
         _cell("pump", 0, "cae", [0.6, 0.6], [0.5, 0.5]),
-        CellResult("pump", 0, "default", "dense", 0).fail("fit", "exit status 2: asd-train fit: error: "
-                                                          "only 4 clips"),
+        CellResult("pump", 0, "default", "dense", 0).fail(
+            "fit", "exit status 2: asd-train fit: error: only 4 clips"
+        ),
     ]
 
 
@@ -144,8 +160,10 @@ def test_family_spread_over_seeds_and_kinds() -> None:
     # cae dent: seed 0 mean(0.9, 0.7) = 0.8, seed 1 mean(0.5, 0.7) = 0.6 -> 0.7; squeal only in seed 0.
     assert kinds[("slider", "dent")]["cae"] == {"auc": pytest.approx(0.7), "runs": 2}
     assert kinds[("slider", "dent")]["dense"] == {"auc": pytest.approx(0.7), "runs": 1}
-    assert kinds[("slider", "squeal")] == {"cae": {"auc": pytest.approx(0.8), "runs": 1},
-                                           "dense": {"auc": None, "runs": 0}}
+    assert kinds[("slider", "squeal")] == {
+        "cae": {"auc": pytest.approx(0.8), "runs": 1},
+        "dense": {"auc": None, "runs": 0},
+    }
 
 
 def _table_rows(markdown: str, heading: str) -> list[list[str]]:
@@ -158,8 +176,14 @@ def test_markdown_and_json_agree_with_the_per_id_numbers(tmp_path: Path) -> None
     config = build_config(families="slider,pump", seeds="0,1", snr="default", ids="00,02")
     outcome = Outcome(_records(), 125.0, "2026-01-01T00:00:00+00:00")
     machine = {"cpu": "Test CPU", "cores": 2, "usable_cores": 2, "load_average_at_start": [1.5, 1.0, 1.0]}
-    write_outputs(outcome, config, machine=machine, command="asd-train benchmark --out Q.md",
-                  out=tmp_path / "Q.md", json_out=tmp_path / "Q.json")
+    write_outputs(
+        outcome,
+        config,
+        machine=machine,
+        command="asd-train benchmark --out Q.md",
+        out=tmp_path / "Q.md",
+        json_out=tmp_path / "Q.json",
+    )
     text = (tmp_path / "Q.md").read_text()
     data = json.loads((tmp_path / "Q.json").read_text())
     assert "Test CPU, 2 cores" in text and "`asd-train benchmark --out Q.md`" in text
@@ -170,23 +194,55 @@ def test_markdown_and_json_agree_with_the_per_id_numbers(tmp_path: Path) -> None
     assert build_tables(cells, ["cae", "dense"]) == {k: data[k] for k in ("summary", "families", "kinds")}
     for cell in data["cells"]:
         if cell["status"] == "ok":
-            row = next(r for r in data["summary"]["rows"] if (r["family"], r["seed"]) == (cell["family"],
-                                                                                         cell["seed"]))
+            row = next(
+                r
+                for r in data["summary"]["rows"]
+                if (r["family"], r["seed"]) == (cell["family"], cell["seed"])
+            )
             aucs = [v["auc"] for v in cell["ids"].values()]
             assert row["detectors"][cell["detector"]]["auc"] == pytest.approx(np.mean(aucs))
 
     summary = _table_rows(text, "Summary")
-    assert summary[0] == ["slider", "0", "default", "0", "0.850", "0.650", "+0.050", "+0.100", "yes", "0.800",
-                          "0.550"]
+    assert summary[0] == [
+        "slider",
+        "0",
+        "default",
+        "0",
+        "0.850",
+        "0.650",
+        "+0.050",
+        "+0.100",
+        "yes",
+        "0.800",
+        "0.550",
+    ]
     assert summary[1][8] == "no"
     assert summary[2][9:] == ["FAILED (fit)", "FAILED (fit)"]
     pauc_vs_dense = f"{np.mean([0.65 - 0.55, 0.6 - 0.575]):+.3f}"
-    assert summary[3] == ["mean over data sets", "", "", "", "0.750", "0.583", "+0.025", pauc_vs_dense,
-                          "1 of 2", "0.800 (2 of 3)", f"{np.mean([0.55, 0.575]):.3f} (2 of 3)"]
+    assert summary[3] == [
+        "mean over data sets",
+        "",
+        "",
+        "",
+        "0.750",
+        "0.583",
+        "+0.025",
+        pauc_vs_dense,
+        "1 of 2",
+        "0.800 (2 of 3)",
+        f"{np.mean([0.55, 0.575]):.3f} (2 of 3)",
+    ]
     families = {(r[0], r[2]): r for r in _table_rows(text, "Per family and detector")}
     std_auc, std_pauc = np.std([0.85, 0.8], ddof=1), np.std([0.65, 0.6], ddof=1)
-    assert families[("slider", "cae")][3:] == ["2", "0.825", "0.800-0.850", f"{std_auc:.3f}",
-                                               "0.625", "0.600-0.650", f"{std_pauc:.3f}"]
+    assert families[("slider", "cae")][3:] == [
+        "2",
+        "0.825",
+        "0.800-0.850",
+        f"{std_auc:.3f}",
+        "0.625",
+        "0.600-0.650",
+        f"{std_pauc:.3f}",
+    ]
     assert families[("pump", "dense")][3:5] == ["0 (1 FAILED)", "-"]
     per_id = _table_rows(text, "Per data set and machine ID")
     assert ["slider", "1", "default", "1", "02", "0.900", "0.700", "0.850", "0.600"] in per_id
@@ -194,8 +250,18 @@ def test_markdown_and_json_agree_with_the_per_id_numbers(tmp_path: Path) -> None
     kinds = {(r[0], r[2]): r[3:] for r in _table_rows(text, "Per fault kind")}
     assert kinds[("slider", "dent")] == ["0.700", "0.700"] and kinds[("slider", "squeal")] == ["0.800", "-"]
     failures = _table_rows(text, "Failures")
-    assert failures == [["pump", "0", "default", "0", "dense", "FAILED", "fit",
-                         "exit status 2: asd-train fit: error: only 4 clips"]]
+    assert failures == [
+        [
+            "pump",
+            "0",
+            "default",
+            "0",
+            "dense",
+            "FAILED",
+            "fit",
+            "exit status 2: asd-train fit: error: only 4 clips",
+        ]
+    ]
 
 
 # --- running: failures and the cache, with a stand-in for the fit and the evaluation ------------------------
@@ -225,9 +291,13 @@ class FakeFits:
         self.evaluated.append(model_dir)
         assert (data_root / "slider" / "test").is_dir()
         base = 0.9 if model_dir.name.startswith("cae") else 0.8
-        return {"ids": {mid: {"auc": base - 0.01 * i, "pauc": base - 0.1} for i, mid in enumerate(ids)},
-                "kinds": {"ids": {mid: {"dent": {"auc": base, "n_anomaly": 2}} for mid in ids},
-                          "mean": {"dent": base}}}
+        return {
+            "ids": {mid: {"auc": base - 0.01 * i, "pauc": base - 0.1} for i, mid in enumerate(ids)},
+            "kinds": {
+                "ids": {mid: {"dent": {"auc": base, "n_anomaly": 2}} for mid in ids},
+                "mean": {"dent": base},
+            },
+        }
 
 
 @pytest.fixture
@@ -238,26 +308,56 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeFits:
     return fits
 
 
-SMALL = ["--seeds", "0", "--snr", "default", "--ids", "00,02", "--train", "3", "--test-normal", "2",
-         "--test-anomaly", "2", "--duration", "1"]
+SMALL = [
+    "--seeds",
+    "0",
+    "--snr",
+    "default",
+    "--ids",
+    "00,02",
+    "--train",
+    "3",
+    "--test-normal",
+    "2",
+    "--test-anomaly",
+    "2",
+    "--duration",
+    "1",
+]
 
 
-def test_a_failing_cell_is_reported_and_the_rest_go_on(tmp_path: Path, fake: FakeFits,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failing_cell_is_reported_and_the_rest_go_on(
+    tmp_path: Path, fake: FakeFits, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake.fail = {"broken"}
-    argv = ["benchmark", "--out", str(tmp_path / "Q.md"), "--work", str(tmp_path / "w"), *SMALL,
-            "--families", "nosuchfamily,slider", "--detector", "broken=--arch dense --epochs 1"]
+    argv = [
+        "benchmark",
+        "--out",
+        str(tmp_path / "Q.md"),
+        "--work",
+        str(tmp_path / "w"),
+        *SMALL,
+        "--families",
+        "nosuchfamily,slider",
+        "--detector",
+        "broken=--arch dense --epochs 1",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "FAILED nosuchfamily seed 0 SNR default, cae fit seed 0 (data): family missing" in err
-    assert ("FAILED slider seed 0 SNR default, broken fit seed 0 (fit): exit status 2: "
-            "asd-train fit: error: only 3") in err
+    assert (
+        "FAILED slider seed 0 SNR default, broken fit seed 0 (fit): exit status 2: "
+        "asd-train fit: error: only 3"
+    ) in err
     data = json.loads((tmp_path / "Q.json").read_text())
     status = {(c["family"], c["detector"]): (c["status"], c["stage"]) for c in data["cells"]}
     assert status == {
-        ("nosuchfamily", "cae"): ("failed", "data"), ("nosuchfamily", "dense"): ("failed", "data"),
-        ("nosuchfamily", "broken"): ("failed", "data"), ("slider", "cae"): ("ok", None),
-        ("slider", "dense"): ("ok", None), ("slider", "broken"): ("failed", "fit"),
+        ("nosuchfamily", "cae"): ("failed", "data"),
+        ("nosuchfamily", "dense"): ("failed", "data"),
+        ("nosuchfamily", "broken"): ("failed", "data"),
+        ("slider", "cae"): ("ok", None),
+        ("slider", "dense"): ("ok", None),
+        ("slider", "broken"): ("failed", "fit"),
     }
     assert len(fake.commands) == 3  # the slider fits ran after the missing family
     text = (tmp_path / "Q.md").read_text()
@@ -269,12 +369,24 @@ def test_a_failing_cell_is_reported_and_the_rest_go_on(tmp_path: Path, fake: Fak
 
 
 def _run(tmp_path: Path, *extra: str) -> int:
-    return main(["benchmark", "--out", str(tmp_path / "Q.md"), "--work", str(tmp_path / "w"), *SMALL,
-                 "--families", "slider", *extra])
+    return main(
+        [
+            "benchmark",
+            "--out",
+            str(tmp_path / "Q.md"),
+            "--work",
+            str(tmp_path / "w"),
+            *SMALL,
+            "--families",
+            "slider",
+            *extra,
+        ]
+    )
 
 
 def test_a_second_run_reuses_data_and_fits_and_a_changed_command_refits(
-        tmp_path: Path, fake: FakeFits, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, fake: FakeFits, monkeypatch: pytest.MonkeyPatch
+) -> None:
     made = []
     real = benchmark.synthesise
     monkeypatch.setattr(benchmark, "synthesise", lambda *a: (made.append(a[2]), real(*a)))
@@ -291,8 +403,9 @@ def test_a_second_run_reuses_data_and_fits_and_a_changed_command_refits(
 
     # Another command for the same folders: both detectors refit (a stale folder is removed first).
     assert _run(tmp_path, "--fit-args=--epochs 1") == 0
-    assert len(fake.commands) == 4 and all(c.endswith("--epochs 1") or "--arch dense" in c
-                                           for c in fake.commands[2:])
+    assert len(fake.commands) == 4 and all(
+        c.endswith("--epochs 1") or "--arch dense" in c for c in fake.commands[2:]
+    )
     # An interrupted fit (a folder without threshold.json) is fitted again; the other is re-used.
     cae = Path(json.loads((tmp_path / "Q.json").read_text())["cells"][0]["model_dir"])
     (cae / "threshold.json").unlink()
@@ -311,8 +424,9 @@ def test_a_second_run_reuses_data_and_fits_and_a_changed_command_refits(
     assert len(made) == 3 and len(fake.commands) == 7 and len(fake.evaluated) == evaluated + 4
 
 
-def test_a_real_fit_with_too_few_clips_fails_its_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_real_fit_with_too_few_clips_fails_its_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The fit refuses before TensorFlow loads, so this runs the real subprocess in seconds.
     monkeypatch.setattr(benchmark, "evaluate_cell", FakeFits().evaluate)
     assert _run(tmp_path, "--detectors", "dense") == 1
@@ -330,9 +444,31 @@ def test_a_real_fit_with_too_few_clips_fails_its_cell(tmp_path: Path, monkeypatc
 def test_tiny_end_to_end_run_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     seed = TINY_FIT_ARGS.index("--seed")
     tiny = [a for i, a in enumerate(TINY_FIT_ARGS) if i not in (seed, seed + 1) and a != "--quiet"]
-    argv = ["benchmark", "--out", str(tmp_path / "QUALITY.md"), "--work", str(tmp_path / "w"),
-            "--families", "slider", "--seeds", "1", "--snr", "default", "--ids", "00,02", "--train", "8",
-            "--test-normal", "3", "--test-anomaly", "3", "--duration", "3", "--fit-args", " ".join(tiny)]
+    argv = [
+        "benchmark",
+        "--out",
+        str(tmp_path / "QUALITY.md"),
+        "--work",
+        str(tmp_path / "w"),
+        "--families",
+        "slider",
+        "--seeds",
+        "1",
+        "--snr",
+        "default",
+        "--ids",
+        "00,02",
+        "--train",
+        "8",
+        "--test-normal",
+        "3",
+        "--test-anomaly",
+        "3",
+        "--duration",
+        "3",
+        "--fit-args",
+        " ".join(tiny),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "estimated run time: about" in out and "an estimate" in out
@@ -368,10 +504,13 @@ def test_the_library_does_not_import_the_cli() -> None:
 
 
 def test_the_sample_digest_follows_what_the_synthesiser_makes() -> None:
-    config = build_config(families="slider", seeds="0,1", snr="default,3", ids="00,02", n_test_anomaly="2",
-                          duration="1")
+    config = build_config(
+        families="slider", seeds="0,1", snr="default,3", ids="00,02", n_test_anomaly="2", duration="1"
+    )
     slider0, slider0_snr3, slider1, _ = config.datasets()
     digest = benchmark.sample_digest(config, slider0)
     assert digest == benchmark.sample_digest(config, slider0)
-    assert len({digest, benchmark.sample_digest(config, slider1),
-                benchmark.sample_digest(config, slider0_snr3)}) == 3
+    assert (
+        len({digest, benchmark.sample_digest(config, slider1), benchmark.sample_digest(config, slider0_snr3)})
+        == 3
+    )

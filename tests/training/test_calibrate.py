@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,7 @@ def test_writes_a_loadable_detector_with_the_site_threshold(model: Path, tmp_pat
     paths = write_normals(site, 12, machine_id="00") + write_normals(site, 12, machine_id="02")
     out = tmp_path / "site-model"
     old = Bundle.read(model)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
 
     result = recalibrate(model, site, out, command="asd-train calibrate x y --out z")
 
@@ -93,7 +93,7 @@ def test_writes_a_loadable_detector_with_the_site_threshold(model: Path, tmp_pat
     assert sorted(threshold.per_id or {}) == ["00", "02"]
 
     [event] = threshold.calibration_history
-    assert before <= event.at <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert before <= event.at <= datetime.now(UTC) + timedelta(seconds=1)
     assert event.at.utcoffset() == timedelta(0)
     assert event.source == str(site.resolve())
     assert (event.n_clips, event.clips_per_id) == (24, {"00": 12, "02": 12})
@@ -279,8 +279,11 @@ def _only_anomalies(site: Path) -> None:
         (lambda site: write_normals(site, MIN_CLIPS - 1), [], "9 usable normal clip(s) for the model-wide"),
         (lambda site: write_normals(site, MIN_CLIPS - 1), ["--machine-id", "2"], "for machine ID 02"),
         (lambda site: site.mkdir(), [], "no WAV files in"),
-        (lambda site: write_normals(site, 12), ["--machine-id", "4"],
-         "not one of this model's IDs (00, 02, 06)"),
+        (
+            lambda site: write_normals(site, 12),
+            ["--machine-id", "4"],
+            "not one of this model's IDs (00, 02, 06)",
+        ),
         (lambda site: write_normals(site, 12), ["--machine-id", "x"], "machine IDs are numbers"),
         (lambda site: write_normals(site, 12, machine_id="03"), [], "machine ID(s) 03"),
         (lambda site: None, [], "does not exist"),
@@ -356,7 +359,9 @@ def test_calibrate_never_imports_tensorflow(model: Path, tmp_path: Path) -> None
         "'--quiet'])\n"
         "print(status, sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "0 []"
     assert json.loads((out / "threshold.json").read_text())["threshold"]["scores_from"] == "site"

@@ -18,10 +18,9 @@ import soundfile as sf
 from service.audio import read_audio
 from service.bundle import sha256_of
 from service.detector import Detector
+from tests.conftest import real_recordings_dir
 from training.calibrate import recalibrate
 from training.export import score_paths
-
-from ..conftest import real_recordings_dir
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -38,11 +38,22 @@ def test_folder_of_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_too_few_clips_for_a_threshold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(9):
         write_tone(tmp_path / f"normal_id_00_{i:08d}.wav", seconds=1.5)
-    _fails_cleanly(capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "16"], "at least 10")
+    _fails_cleanly(
+        capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "16"], "at least 10"
+    )
     for i in range(9, 12):
         write_tone(tmp_path / f"normal_id_00_{i:08d}.wav", seconds=1.5)
     # A holdout of 12 clips leaves one clip to calibrate on; the message names the way out.
-    holdout = ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "16", "--calibration", "holdout"]
+    holdout = [
+        "fit",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "m"),
+        "--frames",
+        "16",
+        "--calibration",
+        "holdout",
+    ]
     _fails_cleanly(capsys, holdout, "--calibration cross-fit")
 
 
@@ -54,7 +65,9 @@ def test_unknown_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_frames_not_divisible_by_pooling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(40):
         write_tone(tmp_path / f"normal_id_00_{i:08d}.wav", seconds=1.5)
-    _fails_cleanly(capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "12"], "divisible")
+    _fails_cleanly(
+        capsys, ["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--frames", "12"], "divisible"
+    )
     out = ["fit", str(tmp_path), "--out", str(tmp_path / "m")]
     _fails_cleanly(capsys, [*out, "--code-frames", "0"], "must be positive")
     _fails_cleanly(capsys, [*out, "--bottleneck", "0"], "must be positive")
@@ -77,7 +90,10 @@ def test_learning_rate_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_option_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["fit", "x", "--out", "y", "--channel", "left"], ["fit", "x", "--out", "y", "--false-alarm-rate", "2"]):
+    for argv in (
+        ["fit", "x", "--out", "y", "--channel", "left"],
+        ["fit", "x", "--out", "y", "--false-alarm-rate", "2"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
@@ -89,7 +105,18 @@ def test_evaluate_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_synth_writes_the_dcase_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["synth", str(tmp_path), "--ids", "00,02", "--train", "2", "--test-normal", "1", "--test-anomaly", "1"]
+    argv = [
+        "synth",
+        str(tmp_path),
+        "--ids",
+        "00,02",
+        "--train",
+        "2",
+        "--test-normal",
+        "1",
+        "--test-anomaly",
+        "1",
+    ]
     assert main([*argv, "--duration", "1.0", "--seed", "5", "--snr-db", "3"]) == 0
     root = tmp_path / "slider"
     assert sorted(p.name for p in (root / "train").iterdir()) == [

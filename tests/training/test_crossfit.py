@@ -26,14 +26,21 @@ CLIPS = {"00": 10, "02": 12}
 def cross_fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[FitSummary, Path, str]:
     """A tiny CAE cross-fitted (2 folds) on 10 clips of ID 00 and 12 of ID 02, the fewest `fit` takes."""
     root = tmp_path_factory.mktemp("few")
-    generate_dataset(root, ids=IDS, n_train=max(CLIPS.values()), n_test_normal=0, n_test_anomaly=0, seed=4,
-                     duration=2.0)
+    generate_dataset(
+        root, ids=IDS, n_train=max(CLIPS.values()), n_test_normal=0, n_test_anomaly=0, seed=4, duration=2.0
+    )
     train = root / "slider" / "train"
     for extra in range(CLIPS["00"], max(CLIPS.values())):
         (train / f"normal_id_00_{extra:08d}.wav").unlink()
     options = FitOptions(
-        frames=16, patch_hop=8, epochs=2, batch_size=32, seed=5, folds=2,
-        cae=CaeConfig(filters=(4, 8), bottleneck=4), progress=False,
+        frames=16,
+        patch_hop=8,
+        epochs=2,
+        batch_size=32,
+        seed=5,
+        folds=2,
+        cae=CaeConfig(filters=(4, 8), bottleneck=4),
+        progress=False,
     )
     out = tmp_path_factory.mktemp("models") / "few"
     stream = io.StringIO()
@@ -50,8 +57,11 @@ def test_auto_cross_fits_small_data_and_holds_out_large() -> None:
 
 def test_folds_deal_each_id_round_every_fold() -> None:
     clips = [
-        FeatureClip(file=ClipFile(path=Path(f"{mid}-{i}.wav"), machine_id=mid, label="normal"),
-                    spec=np.zeros((1, 1)), seconds=1.0)
+        FeatureClip(
+            file=ClipFile(path=Path(f"{mid}-{i}.wav"), machine_id=mid, label="normal"),
+            spec=np.zeros((1, 1)),
+            seconds=1.0,
+        )
         for mid, n in (("00", 10), ("02", 7), ("04", 3))
         for i in range(n)
     ]
@@ -59,7 +69,9 @@ def test_folds_deal_each_id_round_every_fold() -> None:
     assert fold.shape == (20,) and set(fold.tolist()) == {0, 1, 2}
     for mid in ("00", "02", "04"):
         counts = Counter(int(f) for f, c in zip(fold, clips, strict=True) if c.file.machine_id == mid)
-        assert max(counts.values()) - min(counts.values(), default=0) <= 1 and len(counts) == min(3, len(counts))
+        assert max(counts.values()) - min(counts.values(), default=0) <= 1 and len(counts) == min(
+            3, len(counts)
+        )
     # Fold sizes stay balanced across IDs, not only within each.
     assert max(Counter(fold.tolist()).values()) - min(Counter(fold.tolist()).values()) <= 1
     np.testing.assert_array_equal(fold, assign_folds(clips, folds=3, seed=0))
@@ -71,7 +83,9 @@ def test_every_clip_calibrates_through_a_model_that_did_not_train_on_it(cross_fi
     threshold = Bundle.read(out).threshold
     assert threshold.scores_from == "cross_fit" and threshold.folds == 2
     assert threshold.n_calibration_clips == sum(CLIPS.values()) == summary.calibration_scores.size
-    assert threshold.value == pytest.approx(calibrate(summary.calibration_scores, quantile=0.9).value, rel=1e-9)
+    assert threshold.value == pytest.approx(
+        calibrate(summary.calibration_scores, quantile=0.9).value, rel=1e-9
+    )
     training = Bundle.read(out).training
     assert training.fold_best_epochs is not None and len(training.fold_best_epochs) == 2
     # As many optimiser steps as the median fold took: on all clips that is at most as many epochs.
@@ -124,9 +138,13 @@ def test_out_of_fold_scores_are_put_on_the_final_models_level(monkeypatch: pytes
     from training.export import RawScores
 
     clips = [
-        FeatureClip(file=ClipFile(path=Path(f"normal_id_{mid}_{i:08d}.wav"), machine_id=mid, label="normal"),
-                    spec=np.full((128, 40), float(i % 5)), seconds=1.0)
-        for mid in IDS for i in range(10)
+        FeatureClip(
+            file=ClipFile(path=Path(f"normal_id_{mid}_{i:08d}.wav"), machine_id=mid, label="normal"),
+            spec=np.full((128, 40), float(i % 5)),
+            seconds=1.0,
+        )
+        for mid in IDS
+        for i in range(10)
     ]
     gap = {path: 0.01 * (i % 5) for i, path in enumerate(c.file.path for c in clips)}  # each clip's own
     calls = iter(range(100))

@@ -87,7 +87,7 @@ def test_missing_empty_and_unknown_id_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no WAV files"):
         list_clips(tmp_path, machine_type="slider", split="train")
     _wav(tmp_path / "normal_id_00_00000000.wav")
-    with pytest.raises(DatasetError, match="machine ID.*04.*found ID.*00"):
+    with pytest.raises(DatasetError, match=r"machine ID.*04.*found ID.*00"):
         list_clips(tmp_path, machine_type="slider", split="train", ids=("00", "04"))
     assert len(list_clips(tmp_path, machine_type="slider", split="train", ids=("00",))) == 1
 
@@ -104,7 +104,11 @@ def test_bad_and_short_files_are_skipped_with_reasons(tmp_path: Path) -> None:
     result = load_features(_files(tmp_path), params=PARAMS, min_seconds=0.5)
     assert [c.file.path.name for c in result.clips] == ["normal_id_00_00000000.wav"]
     skipped = {s.path.name: s.reason for s in result.skipped}
-    assert set(skipped) == {"normal_id_00_00000001.wav", "normal_id_00_00000002.wav", "normal_id_00_00000003.wav"}
+    assert set(skipped) == {
+        "normal_id_00_00000001.wav",
+        "normal_id_00_00000002.wav",
+        "normal_id_00_00000003.wav",
+    }
     assert "at least 0.5 s" in skipped["normal_id_00_00000003.wav"]
 
 
@@ -133,7 +137,9 @@ def test_44k_file_is_resampled_to_the_model_rate(tmp_path: Path) -> None:
 
 def _fake_clips(counts: dict[str, int]) -> list[FeatureClip]:
     return [
-        FeatureClip(file=ClipFile(Path(f"normal_id_{i}_{n:08d}.wav"), i, "normal"), spec=np.zeros((2, 3)), seconds=1)
+        FeatureClip(
+            file=ClipFile(Path(f"normal_id_{i}_{n:08d}.wav"), i, "normal"), spec=np.zeros((2, 3)), seconds=1
+        )
         for i, count in counts.items()
         for n in range(count)
     ]

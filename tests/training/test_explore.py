@@ -53,7 +53,7 @@ def test_patches_are_reassembled_by_overlap_averaging():
 def test_batch_layout_is_undone(detectors, arch):
     detector = detectors[arch]
     spec = detector.features(clip(seed=1, anomalous=False))
-    batch, starts = detector.model_inputs(spec)
+    batch, _starts = detector.model_inputs(spec)
     cut, _ = patches(spec, frames=detector.frames, hop=detector.hop)
     undone = batch_to_patches(batch, arch=arch, n_mels=detector.params.n_mels, frames=detector.frames)
     np.testing.assert_array_equal(undone, cut)
@@ -113,11 +113,16 @@ def test_errors_name_the_problem(tmp_path, detectors, real_recordings):
     with pytest.raises(ExploreError, match="no such file"):
         explore([tmp_path / "missing.wav"], tmp_path / "out", chroma=False)
     with pytest.raises(ExploreError, match="does not exist"):
-        explore([real_recordings / "mimii-8ch" / "slider_normal.wav"], tmp_path / "out",
-                model_dir=tmp_path / "no-model", chroma=False)
+        explore(
+            [real_recordings / "mimii-8ch" / "slider_normal.wav"],
+            tmp_path / "out",
+            model_dir=tmp_path / "no-model",
+            chroma=False,
+        )
     with pytest.raises(ExploreError, match="channel 8 does not exist"):
-        explore([real_recordings / "mimii-8ch" / "slider_normal.wav"], tmp_path / "out", channel=8,
-                chroma=False)
+        explore(
+            [real_recordings / "mimii-8ch" / "slider_normal.wav"], tmp_path / "out", channel=8, chroma=False
+        )
     short = tmp_path / "short.wav"
     sf.write(short, clip(seed=0, anomalous=False, seconds=0.5), 16000)
     with pytest.raises(ExploreError, match="the model needs at least"):

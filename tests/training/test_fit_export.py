@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from service.features import log_mel, mel_filterbank
 from training import export as export_module
 from training.dataset import Normalizer, patch_array
 from training.evaluate import score_files
-from training.report import evaluate_model, format_table
 from training.export import Calibration, Candidate, ExportError, export_detector
 from training.model import CaeConfig, build_cae, build_dense
+from training.report import evaluate_model, format_table
 from training.threshold import fit_gamma_threshold
 
 from .conftest import GARBAGE, IDS, N_TRAIN, SHORT, Fitted
@@ -35,18 +36,26 @@ def test_fit_exits_0_and_prints_the_summary(fitted: Fitted) -> None:
 
 def test_bundle_validates_and_matches_the_model(fitted: Fitted, tiny_root: Path) -> None:
     bundle = Bundle.read(fitted.model_dir)
-    assert sorted(p.name for p in fitted.model_dir.iterdir()) == [MODEL_FILE, "threshold.json", "training_curves.png"]
+    assert sorted(p.name for p in fitted.model_dir.iterdir()) == [
+        MODEL_FILE,
+        "threshold.json",
+        "training_curves.png",
+    ]
     assert (fitted.model_dir / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert bundle.model.sha256 == sha256_of(fitted.model_dir / MODEL_FILE)
-    assert (bundle.model.arch, bundle.model.input_name, bundle.model.output_name) == ("cae", "log_mel", "reconstruction")
+    assert (bundle.model.arch, bundle.model.input_name, bundle.model.output_name) == (
+        "cae",
+        "log_mel",
+        "reconstruction",
+    )
     assert bundle.model.opset == 17
     assert (bundle.patching.frames, bundle.patching.hop) == (16, 8)
     np.testing.assert_array_equal(bundle.features.mel_basis(), mel_filterbank(bundle.features.params()))
     assert bundle.machine_type == "slider" and bundle.machine_ids == list(IDS)
     training = bundle.training
-    assert training.clips_per_id == {i: N_TRAIN for i in IDS}
+    assert training.clips_per_id == dict.fromkeys(IDS, N_TRAIN)
     assert training.n_clips + training.n_validation_clips == N_TRAIN * len(IDS)
-    assert training.validation_clips_per_id == {i: 2 for i in IDS}  # 25 % of 8 per ID
+    assert training.validation_clips_per_id == dict.fromkeys(IDS, 2)  # 25 % of 8 per ID
     assert training.skipped_files == 2 and sorted(training.skipped_names or []) == sorted([SHORT, GARBAGE])
     assert training.epochs_run == 2 and training.seed == 3
     assert training.hours == pytest.approx(N_TRAIN * len(IDS) * 3.0 / 3600)
@@ -81,8 +90,12 @@ def test_detector_scores_like_training_prepared_the_patches(fitted: Fitted, tiny
     assert score_files(fitted.model_dir, [path]) == [result.score]
     # training's patch layout is the detector's
     b = detector.bundle
-    normalizer = Normalizer(mean=np.asarray(b.normalization.mean, np.float32), std=np.asarray(b.normalization.std, np.float32))
-    ours = patch_array([log_mel(samples, detector.params)], normalizer=normalizer, frames=16, hop=8, arch="cae")
+    normalizer = Normalizer(
+        mean=np.asarray(b.normalization.mean, np.float32), std=np.asarray(b.normalization.std, np.float32)
+    )
+    ours = patch_array(
+        [log_mel(samples, detector.params)], normalizer=normalizer, frames=16, hop=8, arch="cae"
+    )
     theirs, _ = detector.model_inputs(detector.features(samples))
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
@@ -108,7 +121,7 @@ def untrained_cae():
 
 
 def _export(model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int = 16, hop: int = 8):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from service.bundle import Training
     from service.features import FeatureParams
@@ -119,7 +132,7 @@ def _export(model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int
     normalizer = Normalizer(mean=np.full(128, -40.0, np.float32), std=np.full(128, 10.0, np.float32))
     inputs = patch_array(specs, normalizer=normalizer, frames=frames, hop=hop, arch=arch)
     training = Training(
-        trained_at=datetime.now(timezone.utc), data_root=str(tiny_root), n_clips=4, n_validation_clips=4,
+        trained_at=datetime.now(UTC), data_root=str(tiny_root), n_clips=4, n_validation_clips=4,
         hours=0.01, clips_per_id={"00": 4}, skipped_files=0, epochs_run=0, seed=0,
     )  # fmt: skip
     candidate = Candidate(
@@ -142,7 +155,9 @@ def test_export_refuses_an_onnx_model_that_differs_and_leaves_nothing(
     assert list(tmp_path.iterdir()) == []  # no model folder, no temporary folder
 
 
-def test_export_replaces_a_model_but_not_other_folders(untrained_cae, tiny_root: Path, tmp_path: Path) -> None:
+def test_export_replaces_a_model_but_not_other_folders(
+    untrained_cae, tiny_root: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "model"
     first = _export(untrained_cae, out, tiny_root)
     assert first.max_onnx_difference <= 1e-4
@@ -166,6 +181,8 @@ def test_dense_baseline_exports_in_the_detector_layout(tiny_root: Path, tmp_path
     result = _export(model, tmp_path / "dense", tiny_root, arch="dense", frames=5, hop=1)
     detector = Detector(tmp_path / "dense")
     assert detector.input_shape == (640,)
-    samples = read_audio(tiny_root / "slider" / "test" / "normal_id_00_00000000.wav", sample_rate=16000).samples
+    samples = read_audio(
+        tiny_root / "slider" / "test" / "normal_id_00_00000000.wav", sample_rate=16000
+    ).samples
     assert len(detector.score(samples).patch_errors) == (1 + samples.size // 512) - 5 + 1
     assert result.threshold.n_calibration_clips == 4

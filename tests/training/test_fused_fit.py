@@ -25,15 +25,24 @@ from training.train import FitOptions, FitSummary, run_fit
 
 IDS = ("00", "02")
 CLIPS = {"00": 10, "02": 12}
-TINY = dict(frames=16, patch_hop=8, epochs=2, batch_size=32, seed=5, folds=2,
-            cae=CaeConfig(filters=(4, 8), bottleneck=4), progress=False)
+TINY = {
+    "frames": 16,
+    "patch_hop": 8,
+    "epochs": 2,
+    "batch_size": 32,
+    "seed": 5,
+    "folds": 2,
+    "cae": CaeConfig(filters=(4, 8), bottleneck=4),
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("few")
-    generate_dataset(root, ids=IDS, n_train=max(CLIPS.values()), n_test_normal=3, n_test_anomaly=0, seed=4,
-                     duration=2.0)
+    generate_dataset(
+        root, ids=IDS, n_train=max(CLIPS.values()), n_test_normal=3, n_test_anomaly=0, seed=4, duration=2.0
+    )
     train = root / "slider" / "train"
     for extra in range(CLIPS["00"], max(CLIPS.values())):
         (train / f"normal_id_00_{extra:08d}.wav").unlink()
@@ -63,15 +72,19 @@ def test_a_6_db_louder_clip_stands_out_of_the_fused_score_far_more(fits, data_ro
     separation = {}
     for name, (summary, out) in fits.items():
         detector = Detector(out)
-        shifts = [detector.score(2.0 * y, machine_id=mid).score - detector.score(y, machine_id=mid).score
-                  for y, mid in _test_clips(data_root)]
+        shifts = [
+            detector.score(2.0 * y, machine_id=mid).score - detector.score(y, machine_id=mid).score
+            for y, mid in _test_clips(data_root)
+        ]
         # In units of the spread of normal clips' (held-out) scores.
         separation[name] = float(np.median(shifts)) / float(np.std(summary.calibration_scores))
         if name == "fused":
             louder = [detector.score(2.0 * y, machine_id=mid) for y, mid in _test_clips(data_root)]
             threshold = Bundle.read(out).threshold
-            assert all(s.score > threshold.for_id(mid).value for s, (_, mid) in
-                       zip(louder, _test_clips(data_root), strict=True))
+            assert all(
+                s.score > threshold.for_id(mid).value
+                for s, (_, mid) in zip(louder, _test_clips(data_root), strict=True)
+            )
     assert separation["fused"] > 10
     assert separation["fused"] > 3 * separation["cae"], separation
 
@@ -102,8 +115,10 @@ def test_calibration_scores_are_recomputable_from_the_stored_standardisation(fit
         fit = bundle.threshold.per_id[mid]
         assert fit.value == pytest.approx(calibrate(summary.calibration_scores[rows]).value, rel=1e-9)
     wide = scoring.model_wide
-    z = [(raw.cae - wide.standardisation["cae"].mean) / wide.standardisation["cae"].std,
-         (raw.envelope_wide - wide.standardisation["envelope"].mean) / wide.standardisation["envelope"].std]
+    z = [
+        (raw.cae - wide.standardisation["cae"].mean) / wide.standardisation["cae"].std,
+        (raw.envelope_wide - wide.standardisation["envelope"].mean) / wide.standardisation["envelope"].std,
+    ]
     np.testing.assert_allclose(summary.calibration_scores_wide, fuse(z, offset=5.0), rtol=1e-12)
     assert bundle.threshold.value == pytest.approx(calibrate(summary.calibration_scores_wide).value, rel=1e-9)
     own, wide_scores = fused_scores(raw, summary.calibration_ids, scoring)
@@ -121,8 +136,10 @@ def test_the_envelope_scores_that_standardise_are_out_of_fold(fits, data_root: P
     # ... so they place their own training clips closer than the fold models placed them.
     detector = Detector(out)
     paths = sorted((data_root / "slider" / "train").glob("*.wav"))
-    in_sample = [detector.score(read_audio(p, sample_rate=16000).samples, machine_id=p.name.split("_")[2])
-                 for p in paths]
+    in_sample = [
+        detector.score(read_audio(p, sample_rate=16000).samples, machine_id=p.name.split("_")[2])
+        for p in paths
+    ]
     assert [p.name.split("_")[2] for p in paths] == summary.calibration_ids
     distances = np.array([s.components["envelope"] for s in in_sample])
     assert np.median(distances) < 0.8 * np.median(summary.raw_scores.envelope_own)
@@ -136,8 +153,15 @@ def test_the_envelope_scores_that_standardise_are_out_of_fold(fits, data_root: P
 
 
 def test_a_fused_holdout_calibrates_on_the_scores_the_service_gives(data_root: Path, tmp_path: Path) -> None:
-    summary = _fit(data_root, tmp_path / "holdout", scorer="cae+envelope", calibration="holdout",
-                   val_fraction=0.25, pooling="gwrp", pooling_param=0.8)
+    summary = _fit(
+        data_root,
+        tmp_path / "holdout",
+        scorer="cae+envelope",
+        calibration="holdout",
+        val_fraction=0.25,
+        pooling="gwrp",
+        pooling_param=0.8,
+    )
     bundle = Bundle.read(tmp_path / "holdout")
     scoring = bundle.scoring
     assert scoring is not None and scoring.pooling == "gwrp" and scoring.pooling_param == 0.8
@@ -147,7 +171,8 @@ def test_a_fused_holdout_calibrates_on_the_scores_the_service_gives(data_root: P
     paths = [root / name for name in bundle.training.validation_files]
     detector = Detector(tmp_path / "holdout")
     np.testing.assert_array_equal(
-        score_paths(detector, paths, machine_ids=summary.calibration_ids), summary.calibration_scores)
+        score_paths(detector, paths, machine_ids=summary.calibration_ids), summary.calibration_scores
+    )
     np.testing.assert_array_equal(score_paths(detector, paths), summary.calibration_scores_wide)
     assert bundle.threshold.value == pytest.approx(calibrate(summary.calibration_scores_wide).value, rel=1e-9)
 
@@ -181,4 +206,6 @@ def test_evaluation_scores_each_clip_as_a_request_naming_its_machine(fits, data_
     # The ID matters for this model: scored without it, some clip's score differs.
     samples = read_audio(paths[0], sample_rate=16000).samples
     mid = paths[0].name.split("_")[2]
-    assert detector.score(samples).score != pytest.approx(detector.score(samples, machine_id=mid).score, rel=1e-6)
+    assert detector.score(samples).score != pytest.approx(
+        detector.score(samples, machine_id=mid).score, rel=1e-6
+    )

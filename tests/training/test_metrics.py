@@ -80,7 +80,7 @@ def test_one_class_only_raises_a_clear_error(labels):
 
 
 @pytest.mark.parametrize(
-    "labels, scores, message",
+    ("labels", "scores", "message"),
     [
         ([0, 1], [0.1], "2 labels but 1 scores"),
         ([0, 2], [0.1, 0.2], "labels must be 0"),
@@ -107,7 +107,12 @@ def test_mean_is_the_average_over_ids_and_counts_sum():
     assert mean["auc"] == pytest.approx((0.8 + 1.0) / 2)
     assert mean["precision"] == pytest.approx((0.75 + 1.0) / 2)
     assert total_counts({"00": a, "02": b}) == {
-        "tp": 5, "fp": 1, "tn": 6, "fn": 2, "n_normal": 7, "n_anomaly": 7
+        "tp": 5,
+        "fp": 1,
+        "tn": 6,
+        "fn": 2,
+        "n_normal": 7,
+        "n_anomaly": 7,
     }
     with pytest.raises(ValueError, match="no machine IDs"):
         mean_metrics({})

@@ -162,7 +162,9 @@ def test_table_columns_are_aligned(setup):
 
 def test_build_report_refuses_an_id_with_one_class():
     scores = ModelScores(
-        model="m", machine_type="slider", threshold=0.5,
+        model="m",
+        machine_type="slider",
+        threshold=0.5,
         ids={"00": {"files": ["a.wav", "b.wav"], "labels": [0, 0], "scores": [0.1, 0.2]}},
     )
     with pytest.raises(NoTestDataError, match="ID 00: AUC is undefined without anomalous clips"):
@@ -187,9 +189,9 @@ def test_ids_option_selects_a_subset(setup, tmp_path):
 
 
 def test_missing_folders_raise_missing_folder_error(setup, tmp_path):
-    with pytest.raises(MissingFolderError, match="data folder .* does not exist"):
+    with pytest.raises(MissingFolderError, match=r"data folder .* does not exist"):
         evaluate_model(setup["cae"], tmp_path / "nowhere", progress=False)
-    with pytest.raises(MissingFolderError, match="model folder .* does not exist"):
+    with pytest.raises(MissingFolderError, match=r"model folder .* does not exist"):
         evaluate_model(tmp_path / "no-model", setup["data"], progress=False)
 
 
@@ -200,7 +202,7 @@ def test_model_without_test_data_for_its_ids(setup, tmp_path):
         evaluate_model(setup["cae"], other_ids, progress=False)
 
     (tmp_path / "empty" / "slider" / "test").mkdir(parents=True)
-    with pytest.raises(NoTestDataError, match="no WAV files in .*expected the DCASE layout"):
+    with pytest.raises(NoTestDataError, match=r"no WAV files in .*expected the DCASE layout"):
         evaluate_model(setup["cae"], tmp_path / "empty", progress=False)
 
     (tmp_path / "other-type" / "fan" / "test").mkdir(parents=True)
@@ -235,7 +237,7 @@ def test_an_undecodable_clip_is_named(setup, tmp_path):
     shutil.copytree(setup["data"], data)
     bad = data / "slider" / "test" / "normal_id_02_00000099.wav"
     bad.write_bytes(b"RIFF0000WAVEjunk")
-    with pytest.raises(ClipError, match="normal_id_02_00000099.wav: cannot decode audio"):
+    with pytest.raises(ClipError, match=r"normal_id_02_00000099.wav: cannot decode audio"):
         evaluate_model(setup["cae"], data, progress=False, workers=2)
 
 
@@ -293,7 +295,9 @@ def test_bin_errors_locate_the_anomalous_tone(setup, tmp_path):
         for machine_id in ("00", "02"):
             rows = _read_csv(folder / f"anomaly_score_slider_id_{machine_id}.csv")
             scores |= {name: float(value) for name, value in rows}
-        for name, machine_id, label, row in zip(arrays["files"], arrays["ids"], arrays["labels"], errors):
+        for name, machine_id, label, row in zip(
+            arrays["files"], arrays["ids"], arrays["labels"], errors, strict=True
+        ):
             assert machine_id in name and label == name.startswith("anomaly")
             assert row.mean() == pytest.approx(scores[name], rel=1e-5)
             index = int(name[-12:-4])

@@ -228,7 +228,7 @@ def _valve_times(machine_id: str, seconds: float, seed: int = 3) -> tuple[np.nda
 def _open_mask(opens: np.ndarray, closes: np.ndarray, n: int, margin_s: float) -> np.ndarray:
     t = np.arange(n) / SR
     inside = np.zeros(n, dtype=bool)
-    for o, c in zip(opens, closes):
+    for o, c in zip(opens, closes, strict=True):
         inside |= (t > o - margin_s) & (t < c + margin_s)
     return inside
 
@@ -257,7 +257,7 @@ def test_valve_sticking_only_moves_or_drops_actuations() -> None:
     # (whose hiss and closing go with it).
     t = np.arange(normal.size) / SR
     near = np.zeros(normal.size, dtype=bool)
-    for o, c in zip(opens, closes):
+    for o, c in zip(opens, closes, strict=True):
         near |= (t > o - 0.07) & (t < c + valve._KERNEL_S + 0.07)
     assert change[near].sum() > 0.999 * change.sum()
 
@@ -269,7 +269,7 @@ def test_valve_contamination_lowers_the_click_and_rattles_while_open() -> None:
         _own("valve", "00", "contamination", seconds=seconds),
     )
     opens, closes = _valve_times("00", seconds)
-    inside = [o for o in opens if 0 < o and o + 0.03 < seconds]
+    inside = [o for o in opens if o > 0 and o + 0.03 < seconds]
     assert inside
 
     def centroid(x: np.ndarray) -> float:
@@ -282,7 +282,7 @@ def test_valve_contamination_lowers_the_click_and_rattles_while_open() -> None:
     added = _highpass(faulty - normal, 4500.0)
     t = np.arange(normal.size) / SR
     quiet_open = np.zeros(normal.size, dtype=bool)
-    for o, c in zip(opens, closes):
+    for o, c in zip(opens, closes, strict=True):
         quiet_open |= (t > o + valve._KERNEL_S) & (t < c)
     closed = ~_open_mask(opens, closes, normal.size, valve._KERNEL_S)
     if quiet_open.any():
@@ -303,7 +303,7 @@ def test_severity_one_changes_more_than_severity_zero(family: str, kind: str) ->
         assert np.sum((strong - normal) ** 2) > 1.2 * np.sum((weak - normal) ** 2) > 0
 
 
-@pytest.mark.parametrize("family", ("slider", *FAMILIES))
+@pytest.mark.parametrize("family", ["slider", *FAMILIES])
 def test_an_snr_range_is_drawn_per_clip_within_it(family: str) -> None:
     drawn = []
     for seed in range(6):
@@ -381,7 +381,7 @@ def test_parse_snr(text: str, value: object) -> None:
 
 @pytest.mark.parametrize("text", ["", "loud", "6:-6", "1:2:3", ":", "nan", "-6:inf", "6 dB"])
 def test_parse_snr_rejects_bad_text(text: str) -> None:
-    with pytest.raises(synth.SynthError, match="SNR|snr_db"):
+    with pytest.raises(synth.SynthError, match=r"SNR|snr_db"):
         synth.parse_snr(text)
 
 
@@ -430,7 +430,8 @@ def test_cli_synth_writes_a_family_with_an_snr_range(tmp_path: Path) -> None:
     expected = dataset.render("pump", "02", anomaly=None, seed=seq, duration=0.5, snr_db=(-6.0, 0.0)).audio
     written, _ = sf.read(tmp_path / "pump" / "train" / "normal_id_02_00000000.wav", dtype="float32")
     assert np.max(np.abs(written - expected)) <= 1 / 32768 + 1e-7
-    kinds = [r["kind"] for r in csv.DictReader(open(tmp_path / "pump" / "test" / synth.ANOMALY_KINDS_FILE))]
+    with open(tmp_path / "pump" / "test" / synth.ANOMALY_KINDS_FILE) as table:
+        kinds = [r["kind"] for r in csv.DictReader(table)]
     assert kinds == list(synth.anomaly_kinds("pump")[:2])
 
 

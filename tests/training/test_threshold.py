@@ -71,8 +71,13 @@ def test_few_scores_fix_the_location_at_zero() -> None:
     small = fit_gamma_threshold(scores)
     assert small.loc == 0.0 and small.method_note == "mle, loc 0"
     assert scores.max() > small.value > np.median(scores)
-    many = stats.gamma.rvs(50.0, loc=0.25, scale=0.001, size=threshold_module.FREE_LOC_MIN_CLIPS,
-                           random_state=np.random.default_rng(2))
+    many = stats.gamma.rvs(
+        50.0,
+        loc=0.25,
+        scale=0.001,
+        size=threshold_module.FREE_LOC_MIN_CLIPS,
+        random_state=np.random.default_rng(2),
+    )
     assert fit_gamma_threshold(many).method_note == "mle"
 
 
@@ -87,10 +92,13 @@ def test_calibrate_reports_how_precise_the_threshold_is() -> None:
     # Twenty times the clips: a far narrower interval, and fewer clips still to record.
     width = lambda f: f.false_alarm_interval[1] - f.false_alarm_interval[0]  # noqa: E731
     assert width(more) < width(few) / 2.5
-    assert more.clips_for_3_points - more.n_calibration_clips < few.clips_for_3_points - few.n_calibration_clips
+    assert (
+        more.clips_for_3_points - more.n_calibration_clips < few.clips_for_3_points - few.n_calibration_clips
+    )
     # Same scores and seed: the same interval.
-    again = calibrate(stats.gamma.rvs(6.0, loc=0.3, scale=0.01, size=20, random_state=np.random.default_rng(3)),
-                      rounds=100)
+    again = calibrate(
+        stats.gamma.rvs(6.0, loc=0.3, scale=0.01, size=20, random_state=np.random.default_rng(3)), rounds=100
+    )
     assert again.false_alarm_interval == few.false_alarm_interval
 
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import io
 
 import numpy as np
-
-from training.model import CaeConfig
 import pytest
 
 from training.dataset import DatasetError
+from training.model import CaeConfig
 from training.train import FitOptions, TrainingError, train_keras
 
 
 def _options(**overrides: object) -> FitOptions:
-    base: dict[str, object] = dict(
-        arch="cae", frames=8, patch_hop=8, epochs=6, batch_size=16, seed=0, progress=True,
-        cae=CaeConfig(filters=(4,), bottleneck=2),
-    )  # fmt: skip
+    base: dict[str, object] = {
+        "arch": "cae", "frames": 8, "patch_hop": 8, "epochs": 6, "batch_size": 16, "seed": 0, "progress": True,
+        "cae": CaeConfig(filters=(4,), bottleneck=2),
+    }  # fmt: skip
     base.update(overrides)
     return FitOptions(**base).resolved()  # type: ignore[arg-type]
 
@@ -60,7 +59,7 @@ def test_improving_run_runs_every_epoch_and_reports_its_losses() -> None:
 
 def test_a_loss_that_becomes_nan_is_an_error_not_a_model() -> None:
     x_train, x_val = _data()
-    with pytest.raises(TrainingError, match="diverged in epoch 1.*lower --learning-rate"):
+    with pytest.raises(TrainingError, match=r"diverged in epoch 1.*lower --learning-rate"):
         train_keras(x_train, x_val, _options(learning_rate=50.0, progress=False), stream=io.StringIO())
 
 

@@ -9,7 +9,7 @@ clips add a loud tone, so they score higher than the normal ones.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +101,12 @@ def make_detector(
             per_id=None if per_id is None else {mid: _fit(value) for mid, value in per_id.items()},
         ),
         training=Training(
-            trained_at=datetime(2020, 3, 1, tzinfo=timezone.utc),
+            trained_at=datetime(2020, 3, 1, tzinfo=UTC),
             data_root="synthetic",
             n_clips=10,
             n_validation_clips=2,
             hours=0.03,
-            clips_per_id={mid: 5 for mid in machine_ids},
+            clips_per_id=dict.fromkeys(machine_ids, 5),
             skipped_files=0,
             epochs_run=1,
             seed=0,

@@ -69,7 +69,7 @@ def _factory_shape(bg: FactoryNoise, n: int, sr: int) -> np.ndarray:
     # Other machines hum at their own steady frequencies: a narrow spectral
     # line of noise is such a tone with a slowly wandering amplitude.
     broadband = power.sum()
-    for f0, level_db in zip(bg.bg_tone_hz, bg.bg_tone_db):
+    for f0, level_db in zip(bg.bg_tone_hz, bg.bg_tone_db, strict=True):
         line = np.exp(-0.5 * ((f - f0) / 1.5) ** 2)
         power += line * (broadband * 10 ** (level_db / 10) / (line.sum() or 1.0))
     shape = unit_shape(power, n)

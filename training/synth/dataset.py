@@ -67,11 +67,13 @@ def check_snr(snr_db: object) -> Snr | None:
         return float(snr_db)
     if isinstance(snr_db, (tuple, list)) and len(snr_db) == 2:
         lo, hi = snr_db
-        if all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)
+        if (
+            all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)
+            )
+            and lo <= hi
         ):
-            if lo <= hi:
-                return (float(lo), float(hi))
+            return (float(lo), float(hi))
     raise SynthError(
         f"snr_db must be a finite number of dB, a (low, high) range with low <= high, or None, got {snr_db!r}"
     )

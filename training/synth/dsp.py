@@ -135,7 +135,7 @@ def ringing(
     """Struck modes: a sum of exponentially decaying sines, peak 1, shape (round(length_s * sr),)."""
     t = np.arange(max(1, round(length_s * sr))) / sr
     out = np.zeros_like(t)
-    for f, tau, g in zip(freqs, decays_s, gains):
+    for f, tau, g in zip(freqs, decays_s, gains, strict=True):
         if f < 0.48 * sr:
             out += g * np.exp(-t / tau) * np.sin(2 * np.pi * f * t)
     peak = np.max(np.abs(out))
@@ -214,7 +214,7 @@ def scatter_events(n: int, at: np.ndarray, amp: np.ndarray, kernel: np.ndarray) 
     out = np.zeros(n + kernel.size + 1)
     whole = np.floor(at).astype(np.int64)
     frac = at - whole
-    for start, a, fr in zip(whole, amp, frac):
+    for start, a, fr in zip(whole, amp, frac, strict=True):
         out[start : start + kernel.size] += (a * (1 - fr)) * kernel
         out[start + 1 : start + 1 + kernel.size] += (a * fr) * kernel
     return out[:n].astype(np.float32)

@@ -52,7 +52,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 RAW_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "description": "multipart/form-data with the field `file`, or the audio itself as the body.",
-        "content": {kind: _BINARY for kind in sorted(RAW_AUDIO_TYPES)},
+        "content": dict.fromkeys(sorted(RAW_AUDIO_TYPES), _BINARY),
     }
 }
 SCORE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 503)
