@@ -5,6 +5,7 @@
 #   make soak    long loopback load test of a real server (RELIABILITY.md)
 #   make quality detection quality over families, seeds and SNRs; writes QUALITY.md (hours; QUALITY_ARGS)
 #   make calibration does the calibrated false-alarm rate hold on fresh normal clips? CALIBRATION.md (~1 h)
+#   make lint    ruff (rules and format), mypy, import contracts, hadolint: what CI runs before the tests
 #   make docker-smoke   build the image, run it, score a real clip (needs a Docker engine)
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test bench soak quality calibration audit docker-smoke lint install install-dev clean
+.PHONY: serve test bench soak quality calibration audit docker-smoke lint schema install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +60,17 @@ audit: $(VENV)/.dev-installed
 docker-smoke:
 	scripts/docker-smoke.sh
 
+# The gates CI runs before the tests (and .pre-commit-config.yaml runs on commit).
 lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy service training bench
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+
+# docs/threshold.schema.json from service.bundle.Bundle (tests/test_bundle_format.py fails when stale).
+schema: $(VENV)/.serve-installed
+	$(BIN)/python scripts/threshold_schema.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -405,7 +405,26 @@ class Training(_Strict):
     fold_val_losses: list[float] | None = None
 
 
+def upgrade(document: dict[str, Any]) -> dict[str, Any]:
+    """A threshold.json document (parsed JSON) in the current format; the argument is not changed.
+
+    Format 1 -> 2 is a relabelling: everything format 2 added is optional and stays absent (no
+    per-ID fits, curve or fingerprint are invented for an old folder). A later format adds its
+    step here, so every reader sees one format.
+    """
+    version = document.get("format_version", 1)
+    if version == FORMAT_VERSION:
+        return document
+    if version != 1:
+        raise ValueError(
+            f"threshold.json has format_version {version}; this code reads 1 to {FORMAT_VERSION}"
+        )
+    return {**document, "format_version": FORMAT_VERSION}
+
+
 class Bundle(_Strict):
+    # Files on disk may say 1 or 2 (the published schema accepts both); `_upgrade` makes every
+    # Bundle in memory format 2, so it writes back as format 2.
     format_version: Literal[1, 2] = FORMAT_VERSION
     name: str
     machine_type: str
@@ -423,6 +442,13 @@ class Bundle(_Strict):
     scoring: Scoring | None = Field(
         None, description="Pooling and scorers of the clip score; absent: the CAE's mean patch error."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("format_version", 1), int):
+            return upgrade(data)
+        return data
 
     @model_validator(mode="after")
     def _normalization_matches_mels(self) -> Bundle:

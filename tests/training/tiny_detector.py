@@ -9,6 +9,7 @@ clips add a loud tone, so they score higher than the normal ones.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,10 +114,13 @@ def make_detector(
         ),
         versions={},
         fingerprint=fingerprint,
-        format_version=format_version,
         scoring=scoring,
     )
-    bundle.write(folder)
+    path = bundle.write(folder)
+    if format_version != FORMAT_VERSION:
+        # A Bundle in memory is always the current format; an older folder is written as it was.
+        document = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps({**document, "format_version": format_version}, indent=2) + "\n")
     return folder
 
 
