@@ -64,7 +64,7 @@ docker-smoke:
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service training bench
+	$(BIN)/mypy service
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 

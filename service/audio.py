@@ -4,16 +4,9 @@ Training reads its recordings through the same function the service uses
 for uploads, so a clip is decoded, mixed down and resampled the same way on
 both sides.
 
-Errors form one hierarchy, each with a stable `code` for API answers::
-
-    AudioError
-    ├── UndecodableAudio   not audio libsndfile can read, or corrupt
-    ├── EmptyAudio         decodes to zero samples
-    ├── InvalidAudio       NaN/inf samples, too many channels, odd sample rate
-    │   └── InvalidChannel the requested channel does not exist in the audio
-    └── AudioLengthError   shorter or longer than the caller allows
-        ├── AudioTooShort
-        └── AudioTooLong
+Its errors (`AudioError` and the classes under it) are defined in
+`service.errors`, which draws the service's whole error tree, and re-exported
+here.
 """
 
 from __future__ import annotations
@@ -27,43 +20,35 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from service.errors import (
+    AudioError,
+    AudioLengthError,
+    AudioTooLongError,
+    AudioTooShortError,
+    EmptyAudioError,
+    InvalidAudioError,
+    InvalidChannelError,
+    UndecodableAudioError,
+)
+
+__all__ = [
+    "MAX_CHANNELS",
+    "AudioError",
+    "AudioLengthError",
+    "AudioTooLongError",
+    "AudioTooShortError",
+    "Channel",
+    "Clip",
+    "EmptyAudioError",
+    "InvalidAudioError",
+    "InvalidChannelError",
+    "UndecodableAudioError",
+    "read_audio",
+]
+
 Channel = int | Literal["mean"]
 
 MAX_CHANNELS = 64
-
-
-class AudioError(ValueError):
-    code = "invalid_audio"
-
-
-class UndecodableAudio(AudioError):
-    code = "undecodable_audio"
-
-
-class EmptyAudio(AudioError):
-    code = "empty_audio"
-
-
-class InvalidAudio(AudioError):
-    code = "invalid_audio"
-
-
-class InvalidChannel(InvalidAudio):
-    """The audio is fine but has no such channel: the caller asked for the wrong one."""
-
-    code = "invalid_channel"
-
-
-class AudioLengthError(AudioError):
-    code = "audio_length"
-
-
-class AudioTooShort(AudioLengthError):
-    code = "audio_too_short"
-
-
-class AudioTooLong(AudioLengthError):
-    code = "audio_too_long"
 
 
 @dataclass(frozen=True)
@@ -83,7 +68,7 @@ class Clip:
 
 
 def read_audio(
-    source: bytes | str | os.PathLike | BinaryIO,
+    source: bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO,
     *,
     sample_rate: int,
     channel: Channel = 0,
@@ -99,7 +84,7 @@ def read_audio(
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise EmptyAudio("the upload is empty (0 bytes)")
+            raise EmptyAudioError("the upload is empty (0 bytes)")
         source = io.BytesIO(source)
     try:
         with sf.SoundFile(source) as handle:
@@ -107,21 +92,21 @@ def read_audio(
             fmt, subtype = handle.format, handle.subtype
             _check_layout(n_channels, channel, info_rate)
             if n_frames <= 0:
-                raise EmptyAudio("the audio holds no samples")
+                raise EmptyAudioError("the audio holds no samples")
             declared = n_frames / info_rate
             if max_seconds is not None and declared > max_seconds:
-                raise AudioTooLong(f"audio is {declared:.2f} s long; the limit is {max_seconds:g} s")
+                raise AudioTooLongError(f"audio is {declared:.2f} s long; the limit is {max_seconds:g} s")
             mono = _read_mono(handle, channel)
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise UndecodableAudio(f"cannot decode audio: {_reason(error)}") from None
+        raise UndecodableAudioError(f"cannot decode audio: {_reason(error)}") from None
     if mono.size == 0:
         # A header may promise samples that the body does not hold.
-        raise EmptyAudio("the audio holds no samples")
+        raise EmptyAudioError("the audio holds no samples")
     duration = mono.size / info_rate
     if duration < min_seconds:
-        raise AudioTooShort(f"audio is {duration:.3f} s long; at least {min_seconds:g} s is needed")
+        raise AudioTooShortError(f"audio is {duration:.3f} s long; at least {min_seconds:g} s is needed")
     if info_rate != sample_rate:
         # soxr at high quality is what librosa.load uses by default.
         mono = soxr.resample(mono, info_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
@@ -138,13 +123,15 @@ def read_audio(
 
 def _check_layout(n_channels: int, channel: Channel, rate: int) -> None:
     if n_channels < 1 or n_channels > MAX_CHANNELS:
-        raise InvalidAudio(f"audio has {n_channels} channels; at most {MAX_CHANNELS} are accepted")
+        raise InvalidAudioError(f"audio has {n_channels} channels; at most {MAX_CHANNELS} are accepted")
     if rate < 1000 or rate > 384000:
-        raise InvalidAudio(f"sample rate {rate} Hz is outside 1000..384000 Hz")
+        raise InvalidAudioError(f"sample rate {rate} Hz is outside 1000..384000 Hz")
     if channel == "mean":
         return
     if not isinstance(channel, int) or not 0 <= channel < n_channels:
-        raise InvalidChannel(f"channel {channel!r} does not exist; the audio has {n_channels} channel(s)")
+        raise InvalidChannelError(
+            f"channel {channel!r} does not exist; the audio has {n_channels} channel(s)"
+        )
 
 
 _BLOCK_FRAMES = 1 << 16
@@ -194,7 +181,7 @@ def _read_mono(handle: sf.SoundFile, channel: Channel) -> np.ndarray:
         target = mono[filled : filled + n]
         if scale is None:
             if not np.isfinite(block).all():
-                raise InvalidAudio("the audio contains NaN or infinite samples")
+                raise InvalidAudioError("the audio contains NaN or infinite samples")
             if channel == "mean":
                 np.mean(block, axis=1, out=target)
             else:

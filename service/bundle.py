@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,7 +24,7 @@ from service.scorers import check_pooling
 # 2 added per-ID thresholds, false-alarm curves, calibration history and the
 # input fingerprint; every addition is optional, so format 1 folders still load.
 # The later `scoring` section is optional too: without it a folder scores as before.
-FORMAT_VERSION = 2
+FORMAT_VERSION: Final = 2
 THRESHOLD_FILE = "threshold.json"
 MODEL_FILE = "model.onnx"
 
@@ -297,6 +297,10 @@ class Standardisation(_Strict):
         return self
 
 
+def _cae_only() -> list[ScorerName]:
+    return ["cae"]
+
+
 class ScoringEntry(_Strict):
     """What scores the clips of one machine ID, or of any ID (the model-wide entry)."""
 
@@ -320,7 +324,7 @@ class Scoring(_Strict):
     pooling_param: float | None = Field(
         None, description="topk: a fraction of the patches (< 1) or a count; gwrp: the ratio r in (0, 1]."
     )
-    scorers: list[ScorerName] = Field(default_factory=lambda: ["cae"])
+    scorers: list[ScorerName] = Field(default_factory=_cae_only)
     band_edges: list[int] | None = Field(
         None, description="Mel-bin boundaries of the envelope's coarse bands, 0 ... n_mels."
     )

@@ -8,13 +8,23 @@ deployed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service.bundle import Bundle, Scoring, sha256_of
+from service.audio import Channel, read_audio
+from service.bundle import Bundle, Scoring, ScoringEntry, sha256_of
+from service.errors import (
+    AudioError,
+    ClipTooShortError,
+    DetectorError,
+    FeatureError,
+    InvalidAudioError,
+    UndecodableAudioError,
+)
 from service.features import (
     MelProjection,
     band_centres_hz,
@@ -25,17 +35,19 @@ from service.features import (
 )
 from service.scorers import coarse_bands, fuse, mahalanobis, pool
 
+__all__ = [
+    "MAX_BATCH_ELEMENTS",
+    "ClipTooShortError",
+    "Combined",
+    "Detector",
+    "DetectorError",
+    "Score",
+    "check_finite",
+]
+
 # Input values per onnxruntime run: 32 CAE patches of 128 x 32, or 204 dense
 # patches of 5 x 128; see `Detector.reconstruct`.
 MAX_BATCH_ELEMENTS = 32 * 128 * 32
-
-
-class DetectorError(Exception):
-    """A detector folder that cannot be served (missing files, hash or shape mismatch)."""
-
-
-class ClipTooShort(ValueError):
-    code = "audio_too_short"
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,7 @@ class _Entry:
 
 
 class Detector:
-    """One exported model folder, checked and ready to score waveforms."""
+    """One exported model folder, checked and ready to score waveforms and audio files."""
 
     def __init__(self, folder: Path, *, intra_op_threads: int = 1, verify_hash: bool = True) -> None:
         self.folder = Path(folder)
@@ -232,7 +244,9 @@ class Detector:
         per_patch = max(1, int(np.prod(batch.shape[1:])))
         step = max(1, MAX_BATCH_ELEMENTS // per_patch)
         if len(batch) <= step:
-            return self.session.run(names, {self.bundle.model.input_name: batch})[0]
+            # A tensor output is an ndarray; onnxruntime types `run` loosely.
+            output: np.ndarray = self.session.run(names, {self.bundle.model.input_name: batch})[0]
+            return output
         parts = [
             self.session.run(names, {self.bundle.model.input_name: batch[start : start + step]})[0]
             for start in range(0, len(batch), step)
@@ -255,7 +269,7 @@ class Detector:
         if samples.size < self.min_samples:
             need = self.min_samples / self.params.sample_rate
             have = samples.size / self.params.sample_rate
-            raise ClipTooShort(f"audio is {have:.3f} s long; this model needs at least {need:.3f} s")
+            raise ClipTooShortError(f"audio is {have:.3f} s long; this model needs at least {need:.3f} s")
         spec = self.log_mel(samples)
         band_db = spec.mean(axis=1, dtype=np.float64)
         batch, starts = self.model_inputs(self.standardise(spec))
@@ -301,6 +315,39 @@ class Detector:
             scoring_id=combined.scoring_id,
         )
 
+    def score_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        channel: Channel = 0,
+        machine_id: str | None = None,
+        per_bin: bool = False,
+    ) -> Score:
+        """Anomaly score of an audio file, read and checked as the service reads an upload.
+
+        The file is decoded by `service.audio.read_audio` at the model's
+        sample rate (`channel`: an index or "mean", as there) and scored by
+        `score` (`machine_id` and `per_bin` as there). A clip too short for one
+        patch is refused before it is resampled, a score that is not finite
+        is refused as the service refuses it (`check_finite`).
+
+        Every refusal is an `AudioError` (or, should log-mel refuse the
+        samples, a `FeatureError`) whose message starts with the path:
+        `UndecodableAudioError` for a missing file or one that is not audio,
+        `AudioTooShortError` (`ClipTooShortError` among them) for a clip too
+        short for the model, and the rest of the tree in `service.errors`.
+        """
+        rate = self.params.sample_rate
+        try:
+            clip = read_audio(path, sample_rate=rate, channel=channel, min_seconds=self.min_samples / rate)
+            return check_finite(self.score(clip.samples, per_bin=per_bin, machine_id=machine_id))
+        except (AudioError, FeatureError) as error:
+            reason = str(error)
+            if isinstance(error, UndecodableAudioError) and not os.path.exists(path):
+                reason = "no such file"  # libsndfile says only "System error."
+            # The same class, so that callers catch what they would catch from read_audio and score.
+            raise type(error)(f"{os.fspath(path)}: {reason}") from None
+
     def combine(
         self, patch_errors: np.ndarray, band_db: np.ndarray, *, machine_id: str | None = None
     ) -> Combined:
@@ -342,17 +389,31 @@ class Detector:
         return score > self.threshold
 
 
+def check_finite(scored: Score) -> Score:
+    """`scored` when every patch error is finite, else `InvalidAudioError`.
+
+    Finite float samples far beyond full scale (e.g. 1e30) overflow the float32
+    spectrogram; a NaN score would compare as "normal".
+    """
+    if not np.isfinite(scored.patch_errors).all():
+        raise InvalidAudioError("the audio gives no finite anomaly score: samples far beyond full scale?")
+    return scored
+
+
 def _entries(scoring: Scoring | None) -> dict[str | None, _Entry]:
     """A fused bundle's entries as arrays, keyed by machine ID (None: model-wide), built once per load."""
     if scoring is None or not scoring.fused:
         return {}
-    found = {None: scoring.model_wide, **(scoring.per_id or {})}
+    found: list[tuple[str | None, ScoringEntry | None]] = [
+        (None, scoring.model_wide),
+        *(scoring.per_id or {}).items(),
+    ]
     return {
         key: _Entry(
             mean=np.asarray(entry.envelope.mean, dtype=np.float64),
             precision=np.ascontiguousarray(entry.envelope.precision, dtype=np.float64),
             stats={name: (s.mean, s.std) for name, s in entry.standardisation.items()},
         )
-        for key, entry in found.items()
+        for key, entry in found
         if entry is not None
     }

@@ -15,7 +15,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 # The id of the request this task (or the worker thread it handed work to:
 # anyio copies the context into threads) is serving.
@@ -138,7 +138,7 @@ def _notice(count: int, reason: str) -> None:
         pass
 
 
-class SafeStreamHandler(logging.StreamHandler):
+class SafeStreamHandler(logging.StreamHandler[TextIO]):
     """A StreamHandler for which a failing stream (disk full, closed pipe) is never the caller's problem.
 
     The standard handler already catches write errors, but then prints a

@@ -111,9 +111,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router)
 
-    # No return annotation: it would name RedirectResponse, which is local here.
-    @app.get("/", include_in_schema=False, response_class=RedirectResponse)
-    def root():
+    # response_model=None: FastAPI then leaves the return annotation alone, which it could not
+    # resolve (RedirectResponse is imported here, not at module level).
+    @app.get("/", include_in_schema=False, response_class=RedirectResponse, response_model=None)
+    def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
     install_openapi(app)

@@ -120,6 +120,7 @@ class ServiceMetrics:
         """The text exposition of all metrics, merged across workers in multiprocess mode."""
         if self.multiprocess:
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)
+            # prometheus_client leaves MultiProcessCollector.__init__ unannotated.
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

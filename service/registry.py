@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from service.bundle import MODEL_FILE, THRESHOLD_FILE, Bundle, sha256_of
-from service.detector import Detector, DetectorError
+from service.detector import Detector
+from service.errors import DetectorError
 
 logger = logging.getLogger(__name__)
 

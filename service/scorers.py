@@ -178,7 +178,8 @@ def mahalanobis(vectors: np.ndarray, *, mean: np.ndarray, precision: np.ndarray)
     diff = np.asarray(vectors, dtype=np.float64) - mean
     if diff.ndim == 1:
         return math.sqrt(max(float(diff @ precision @ diff), 0.0))
-    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", diff, precision, diff), 0.0))
+    distances: np.ndarray = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", diff, precision, diff), 0.0))
+    return distances
 
 
 def fuse(z: Sequence[np.ndarray | float], *, offset: float = FUSION_OFFSET) -> np.ndarray | float:

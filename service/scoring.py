@@ -15,27 +15,27 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
-from service.audio import Channel, InvalidAudio, read_audio
+from service.audio import Channel, read_audio
 from service.bundle import Bundle
-from service.detector import Detector, Score
+from service.detector import Detector, Score, check_finite
+from service.errors import FalseAlarmRateUnavailableError, ThresholdChoiceError, UnknownMachineIdError
 from service.inputcheck import CheckLimits, InputCheck, check, clip_stats
 from service.schemas import ClipInfo, ScoreResult, Segment
 
+__all__ = [
+    "ChosenThreshold",
+    "FalseAlarmRateUnavailableError",
+    "ThresholdChoiceError",
+    "ThresholdScope",
+    "UnknownMachineIdError",
+    "choose_threshold",
+    "group_segments",
+    "input_check",
+    "normalize_machine_id",
+    "score_upload",
+]
+
 ThresholdScope = Literal["machine_id", "model"]
-
-
-class ThresholdChoiceError(ValueError):
-    """A machine ID or false-alarm rate the model has no threshold for (the API answers 422)."""
-
-    code = "invalid_threshold_choice"
-
-
-class UnknownMachineId(ThresholdChoiceError):
-    code = "unknown_machine_id"
-
-
-class FalseAlarmRateUnavailable(ThresholdChoiceError):
-    code = "false_alarm_rate_unavailable"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def normalize_machine_id(raw: str) -> str:
     """ "06", "6" and "id_06" are one machine: IDs are two-digit strings, as training writes them."""
     text = raw.strip().removeprefix("id_")
     if not text.isdecimal():
-        raise UnknownMachineId(f"machine IDs are numbers such as 06, 6 or id_06, got {raw!r}")
+        raise UnknownMachineIdError(f"machine IDs are numbers such as 06, 6 or id_06, got {raw!r}")
     return f"{int(text):02d}"
 
 
@@ -61,27 +61,29 @@ def choose_threshold(
 ) -> ChosenThreshold:
     """The threshold for `machine_id` (normalised) at `false_alarm_rate` (None: the calibrated one).
 
-    An ID without its own fit uses the model-wide one. Raises `UnknownMachineId`
-    for an ID the model was not trained on, `FalseAlarmRateUnavailable` when the
+    An ID without its own fit uses the model-wide one. Raises `UnknownMachineIdError`
+    for an ID the model was not trained on, `FalseAlarmRateUnavailableError` when the
     fit cannot give a threshold for the rate (no curve, or outside its range).
     """
     per_id = bundle.threshold.per_id or {}
     if machine_id is not None and machine_id not in bundle.machine_ids and machine_id not in per_id:
         known = ", ".join(dict.fromkeys([*bundle.machine_ids, *per_id])) or "none"
-        raise UnknownMachineId(f"machine ID {machine_id!r} is not one this model knows; known IDs: {known}")
+        raise UnknownMachineIdError(
+            f"machine ID {machine_id!r} is not one this model knows; known IDs: {known}"
+        )
     fit = bundle.threshold.for_id(machine_id)
     scope: ThresholdScope = "machine_id" if machine_id in per_id else "model"
     try:
         value = fit.threshold_for(false_alarm_rate)
     except ValueError as error:
         where = f"machine ID {machine_id}" if scope == "machine_id" else "the model-wide threshold"
-        raise FalseAlarmRateUnavailable(f"{where}: {error}") from None
+        raise FalseAlarmRateUnavailableError(f"{where}: {error}") from None
     # Rounded: 1 - 0.9 is 0.09999999999999998.
     rate = round(fit.target_false_alarm_rate, 12) if false_alarm_rate is None else false_alarm_rate
     if not (math.isfinite(value) and value > 0):
         # Decisions and ratios need a positive threshold; a gamma fit with a
         # negative location can give one below zero at high rates.
-        raise FalseAlarmRateUnavailable(
+        raise FalseAlarmRateUnavailableError(
             f"the calibration gives no positive threshold at a false-alarm rate of {rate:g}"
         )
     return ChosenThreshold(value=value, scope=scope, machine_id=machine_id, false_alarm_rate=rate)
@@ -100,7 +102,7 @@ def score_upload(
     threshold: ChosenThreshold | None = None,
     limits: CheckLimits | None = None,
 ) -> ScoreResult:
-    """The API answer for one clip; raises `AudioError` or `ClipTooShort` for unusable audio.
+    """The API answer for one clip; raises an `AudioError` for unusable audio.
 
     `threshold` defaults to the model-wide calibrated one (`choose_threshold`), `limits` to
     `CheckLimits()`.
@@ -116,11 +118,8 @@ def score_upload(
         min_seconds=max(min_seconds, detector.min_samples / rate),
         max_seconds=max_seconds,
     )
-    scored = detector.score(clip.samples, machine_id=chosen.machine_id)
-    if not np.isfinite(scored.patch_errors).all():
-        # Finite float samples far beyond full scale (e.g. 1e30) overflow the float32
-        # spectrogram; NaN would answer score null and decision "normal".
-        raise InvalidAudio("the audio gives no finite anomaly score: samples far beyond full scale?")
+    # A NaN score would answer score null and decision "normal".
+    scored = check_finite(detector.score(clip.samples, machine_id=chosen.machine_id))
     checked = input_check(
         detector, clip.samples, scored, machine_id=chosen.machine_id, limits=limits or CheckLimits()
     )

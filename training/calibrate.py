@@ -36,7 +36,7 @@ import numpy as np
 
 from service.audio import AudioError, Channel, read_audio
 from service.bundle import THRESHOLD_FILE, Bundle, CalibrationEvent, Threshold, ThresholdFit
-from service.detector import ClipTooShort, Detector, DetectorError
+from service.detector import ClipTooShortError, Detector, DetectorError
 from service.features import FeatureError
 from training.dataset import DatasetError, Skipped, list_clips, normalize_id, resolve_folder
 from training.export import MIN_ID_CLIPS, ExportError, _check_replaceable, _replace
@@ -255,7 +255,7 @@ def _score(
         try:
             clip = read_audio(path, sample_rate=rate, channel=channel)
             score = detector.score(clip.samples).score
-        except (AudioError, ClipTooShort, FeatureError, OSError) as error:
+        except (AudioError, ClipTooShortError, FeatureError, OSError) as error:
             skipped.append(Skipped(path=path, reason=str(error)))
         else:
             scores.append(score)

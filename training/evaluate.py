@@ -27,7 +27,7 @@ def score_files(
 ) -> list[float]:
     """Anomaly score of each file, in order, as the deployed service computes it.
 
-    Raises `AudioError` (or `ClipTooShort`) for a file that cannot be scored.
+    Raises `AudioError` (or `ClipTooShortError`) for a file that cannot be scored.
     """
     detector = Detector(Path(model_dir)) if detector is None else detector
     rate = detector.params.sample_rate

@@ -12,6 +12,7 @@ produced: ``per_model[model][machine_id] = (labels, scores)`` with labels 0
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,10 +73,10 @@ def plot_roc(
     rows, columns = _grid(len(ids))
     fig = Figure(figsize=(3.6 * columns, 3.5 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax, machine_id in zip(axes, ids, strict=True):
+    for ax, machine_id in zip(axes[: len(ids)], ids, strict=True):
         ax.axvspan(0, max_fpr, color="0.9", label=f"pAUC region (FPR ≤ {max_fpr:g})")
         ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
-        for color, (model, by_id) in zip(_MODEL_COLORS * 2, per_model.items(), strict=True):
+        for color, (model, by_id) in zip(itertools.cycle(_MODEL_COLORS), per_model.items(), strict=False):
             if machine_id not in by_id:
                 continue
             labels, scores = (np.asarray(a) for a in by_id[machine_id])
@@ -208,7 +209,7 @@ def plot_confusion_matrices(
     fig = Figure(figsize=(2.9 * (len(ids) + 1), 2.8 * len(per_model)), layout="constrained")
     axes = fig.subplots(len(per_model), len(ids) + 1, squeeze=False)
     for row, (model, by_id) in zip(axes, per_model.items(), strict=True):
-        for ax, machine_id in zip(row, ids, strict=True):
+        for ax, machine_id in zip(row[:-1], ids, strict=True):
             if machine_id not in by_id:
                 ax.set_visible(False)
                 continue

@@ -61,7 +61,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from service.audio import AudioError, Channel, read_audio
-from service.detector import ClipTooShort, Detector, DetectorError, Score
+from service.detector import ClipTooShortError, Detector, DetectorError, Score
 from training import dataset, plots
 from training.cli import parse_channel
 from training.metrics import (
@@ -551,7 +551,7 @@ def score_clips(
                     decoded[rate] = read_audio(path, sample_rate=rate, channel=channel).samples
                 # As a request naming the clip's machine: only a fused model's score depends on it.
                 scores.append(detector.score(decoded[rate], per_bin=True, machine_id=machine_id))
-            except (AudioError, ClipTooShort) as error:
+            except (AudioError, ClipTooShortError) as error:
                 raise ClipError(f"{path}: {error}") from None
         return scores
 

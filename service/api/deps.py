@@ -8,7 +8,7 @@ dictionary look-ups.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, cast
 
 import anyio
 from fastapi import Depends, Path, Query, Request, Security
@@ -28,20 +28,21 @@ _api_key_header = APIKeyHeader(
 _bearer = HTTPBearer(auto_error=False, description="The service's API key as a bearer token.")
 
 
+# Starlette's `app.state` is untyped; `create_app` and the lifespan put these there.
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return cast(Settings, request.app.state.settings)
 
 
 async def get_registry(request: Request) -> Registry:
-    return request.app.state.registry
+    return cast(Registry, request.app.state.registry)
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
+    return cast(ServiceMetrics, request.app.state.metrics)
 
 
 async def get_limiter(request: Request) -> anyio.CapacityLimiter:
-    return request.app.state.limiter
+    return cast(anyio.CapacityLimiter, request.app.state.limiter)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

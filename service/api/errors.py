@@ -15,8 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.audio import AudioError, AudioLengthError, InvalidChannel
-from service.detector import ClipTooShort
+from service.errors import AudioError, AudioLengthError, InvalidChannelError
 from service.logs import request_id_var
 from service.schemas import ErrorResponse
 
@@ -78,11 +77,12 @@ class BodyTimeout(StarletteHTTPException):
         self.seconds = seconds
 
 
-def audio_error(error: AudioError | ClipTooShort) -> ApiError:
+def audio_error(error: AudioError) -> ApiError:
     """Map a decoding or length problem to its HTTP status."""
     # Undecodable, empty or invalid (NaN, odd layout) audio is the client's bad
-    # data: 400. A clip that decodes but does not fit (length, channel) is 422.
-    fits = isinstance(error, (AudioLengthError, ClipTooShort, InvalidChannel))
+    # data: 400. A clip that decodes but does not fit (length, including too
+    # short for the model, or channel) is 422.
+    fits = isinstance(error, (AudioLengthError, InvalidChannelError))
     return ApiError(422 if fits else 400, error.code, str(error))
 
 

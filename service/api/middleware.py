@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
@@ -88,7 +89,9 @@ class RequestContextMiddleware:
             finally:
                 request_id_var.reset(token)
 
-    def _record(self, scope: Scope, state: dict, request_id: str, status: int, duration: float) -> None:
+    def _record(
+        self, scope: Scope, state: dict[str, Any], request_id: str, status: int, duration: float
+    ) -> None:
         """Metrics and the request log line; never lets a failure of either reach the request."""
         route = _route_template(scope)
         try:

@@ -9,7 +9,7 @@ bit flips, byte overwrites, truncations, header fields set to edge values
 random chunks inserted, byte ranges duplicated or deleted. Each input goes through
 `service.scoring.score_upload` (`read_audio` then `Detector.score`, what the API
 runs) and must end in a finite score or a clean error: an `AudioError` subclass or
-`ClipTooShort` (the API answers those 400/422). A few go through the HTTP app too
+`ClipTooShortError` (the API answers those 400/422). A few go through the HTTP app too
 and must answer 200, 400 or 422 in the error shape.
 
 It runs in its own process because a crash in libsndfile would otherwise take
@@ -46,11 +46,11 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from service.audio import AudioError
-from service.detector import ClipTooShort, Detector
+from service.detector import ClipTooShortError, Detector
 from service.scoring import score_upload
 
 RATE = 16000
-CLEAN = (AudioError, ClipTooShort)
+CLEAN = (AudioError, ClipTooShortError)
 # Edge values for integer header fields.
 EDGES_16 = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 24, 32, 63, 64, 65, 255, 256, 0x7FFF, 0x8000, 0xFFFF]
 EDGES_32 = [0, 1, 2, 8, 44, 100, 1000, 8000, 16000, 44100, 384000, 384001, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
@@ -283,7 +283,7 @@ def run(models: Path, examples: int, seed_value: int, out: Path, deadline: float
             if not isinstance(error, AssertionError):
                 (out / "failure.bin").write_bytes(data)
                 raise AssertionError(
-                    f"{name} {applied}: {type(error).__name__} escaped (not an AudioError/ClipTooShort): "
+                    f"{name} {applied}: {type(error).__name__} escaped (not an AudioError/ClipTooShortError): "
                     f"{error}\n{traceback.format_exc()}"
                 ) from error
             raise

@@ -61,7 +61,9 @@ def test_mutated_audio_scores_or_fails_cleanly(models_dir, tmp_path):
     assert code == 0, output
     # Mutations decoded into every kind of outcome, and every seed scored before being mutated.
     assert summary["examples"] >= EXAMPLES, summary
-    assert summary["outcomes"].get("scored", 0) > 0 and summary["outcomes"].get("UndecodableAudio", 0) > 0
+    assert (
+        summary["outcomes"].get("scored", 0) > 0 and summary["outcomes"].get("UndecodableAudioError", 0) > 0
+    )
     assert sum(summary["http"].values()) >= 10 and summary["http"].get("200", 0) > 0, summary
     print(f"\naudio fuzz: {json.dumps(summary)}")
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import (
+from service.audio import read_audio
+from service.errors import (
     AudioLengthError,
-    AudioTooLong,
-    AudioTooShort,
-    InvalidAudio,
-    InvalidChannel,
-    read_audio,
+    AudioTooLongError,
+    AudioTooShortError,
+    InvalidAudioError,
+    InvalidChannelError,
 )
 from tests.service.sounds import encode, noise
 
@@ -30,18 +30,18 @@ def test_block_wise_read_equals_a_whole_read():
 def test_nan_in_a_later_block_is_found():
     samples = noise(5.0, 16000, 2)
     samples[70000, 1] = np.nan  # second block, the channel that is not scored
-    with pytest.raises(InvalidAudio, match="NaN"):
+    with pytest.raises(InvalidAudioError, match="NaN"):
         read_audio(encode(samples, subtype="FLOAT"), sample_rate=16000, channel=0)
 
 
 def test_error_classes_keep_their_parents():
     data = encode(noise(1.0, 16000, 2))
-    with pytest.raises(InvalidChannel) as caught:
+    with pytest.raises(InvalidChannelError) as caught:
         read_audio(data, sample_rate=16000, channel=2)
-    assert isinstance(caught.value, InvalidAudio) and caught.value.code == "invalid_channel"
-    with pytest.raises(AudioTooLong) as long:
+    assert isinstance(caught.value, InvalidAudioError) and caught.value.code == "invalid_channel"
+    with pytest.raises(AudioTooLongError) as long:
         read_audio(data, sample_rate=16000, max_seconds=0.5)
-    with pytest.raises(AudioTooShort) as short:
+    with pytest.raises(AudioTooShortError) as short:
         read_audio(data, sample_rate=16000, min_seconds=2.0)
     assert isinstance(long.value, AudioLengthError) and isinstance(short.value, AudioLengthError)
     assert (long.value.code, short.value.code) == ("audio_too_long", "audio_too_short")

@@ -17,7 +17,8 @@ from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
 from service.audio import read_audio
 from service.bundle import THRESHOLD_FILE, Bundle, EnvelopeModel, Scoring, ScoringEntry, Standardisation
-from service.detector import Detector, DetectorError
+from service.detector import Detector
+from service.errors import DetectorError
 from service.scorers import (
     ENVELOPE_BANDS,
     band_edges,

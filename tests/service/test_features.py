@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from service.audio import read_audio
-from service.features import FeatureError, FeatureParams, frame_windows, log_mel, patches
+from service.errors import FeatureError
+from service.features import FeatureParams, frame_windows, log_mel, mel_filterbank, patches
 
 
 def _librosa_log_mel(y: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -109,3 +110,26 @@ def test_packed_filter_bank_of_the_wrong_size_is_refused():
         Features(mel_filters=too_wide)
     with pytest.raises(ValidationError, match="n_mels"):
         Features(n_mels=64, mel_filters=packed)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        FeatureParams(),
+        FeatureParams(n_fft=2048, n_mels=128, fmin=50.0, fmax=7000.0),
+        FeatureParams(sample_rate=48000, n_fft=4096, hop_length=1024, n_mels=64, fmin=20.0),
+        FeatureParams(n_fft=512, hop_length=256, n_mels=40, fmin=900.0, fmax=1100.0 * 4),
+    ],
+)
+def test_mel_filterbank_is_librosas(params: FeatureParams) -> None:
+    import librosa.filters
+
+    expected = librosa.filters.mel(
+        sr=params.sample_rate,
+        n_fft=params.n_fft,
+        n_mels=params.n_mels,
+        fmin=params.fmin,
+        fmax=params.fmax,
+        dtype=np.float32,
+    )
+    np.testing.assert_allclose(mel_filterbank(params), expected, rtol=1e-6, atol=1e-9)

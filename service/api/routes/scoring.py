@@ -21,15 +21,14 @@ from service.api.deps import (
 )
 from service.api.errors import ApiError, audio_error, error_responses
 from service.api.openapi import DocstringRoute
-from service.audio import AudioError, Channel
+from service.audio import Channel
 from service.config import Settings
-from service.detector import ClipTooShort
-from service.features import FeatureError
+from service.errors import AudioError, FeatureError, ThresholdChoiceError
 from service.inputcheck import CheckLimits
 from service.metrics import ServiceMetrics
 from service.registry import ModelEntry
 from service.schemas import BatchFailed, BatchResult, BatchScored, ScoreResult
-from service.scoring import ChosenThreshold, ThresholdChoiceError, choose_threshold, score_upload
+from service.scoring import ChosenThreshold, choose_threshold, score_upload
 from service.uploads import MULTIPART, RAW_AUDIO_TYPES, media_type, read_body
 
 router = APIRouter(
@@ -222,7 +221,7 @@ async def _score(
     )
     try:
         result = await anyio.to_thread.run_sync(work, limiter=limiter)
-    except (AudioError, ClipTooShort) as error:
+    except AudioError as error:
         metrics.scoring_errors.labels(entry.name, error.code).inc()
         raise audio_error(error) from None
     except FeatureError as error:
