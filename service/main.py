@@ -141,7 +141,10 @@ async def _load_models(registry: Registry, metrics: ServiceMetrics) -> None:
     for name in registry.ready_names():
         entry = registry.models[name]
         if entry.detector is not None:
+            threshold = entry.detector.bundle.threshold
             metrics.threshold.labels(name).set(entry.detector.threshold)
+            for machine_id, fit in (threshold.per_id or {}).items():
+                metrics.id_threshold.labels(name, machine_id).set(fit.value)
 
 
 def run() -> None:

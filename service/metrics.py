@@ -110,8 +110,16 @@ class ServiceMetrics:
         )
         self.threshold = Gauge(
             "asd_model_threshold",
-            "Decision threshold of each ready model.",
+            "Decision threshold of each ready model (the model-wide one).",
             ["model"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        # A gauge of its own, so that asd_model_threshold keeps one series per model for alerts.
+        self.id_threshold = Gauge(
+            "asd_model_id_threshold",
+            "Decision threshold of each machine ID that a ready model has its own fit for.",
+            ["model", "machine_id"],
             multiprocess_mode="max",
             registry=registry,
         )

@@ -120,15 +120,17 @@ def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:
     ]
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    request.state.error_code = exc.code  # for the access log line
     return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = _clean_validation_errors(exc.errors())
     where = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
+    request.state.error_code = "validation_error"
     return error_response(422, "validation_error", f"invalid request: {where}", details=details)
 
 
@@ -142,6 +144,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+    request.state.error_code = code
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 

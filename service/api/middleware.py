@@ -46,7 +46,7 @@ class RequestContextMiddleware:
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER.lower(), "")
         request_id = incoming if _CLIENT_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        # Handlers put the model and decision here for the log line (request.state).
+        # Handlers put the model, machine ID and decision here for the log line (request.state).
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
@@ -107,7 +107,7 @@ class RequestContextMiddleware:
             "status": status,
             "duration_ms": round(duration * 1000, 2),
         }
-        for key in ("model", "decision", "error_code"):
+        for key in ("model", "machine_id", "decision", "error_code"):
             if state.get(key) is not None:
                 fields[key] = state[key]
         # 503 is a state (loading, broken model), not a fault of the service.

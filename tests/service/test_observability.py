@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.bundle import Bundle
 from service.logs import JsonFormatter, request_id_var
 from tests.service.conftest import DEFAULT_MODEL, assert_error
 from tests.service.sounds import encode, noise
@@ -56,6 +58,42 @@ def test_metrics_count_requests_decisions_and_ratios(serve_with, real_recordings
     assert value(after, "asd_scoring_errors_total", model=DEFAULT_MODEL, code="undecodable_audio") == 1
     # The +Inf bucket holds every observation; the 1.0 bucket the normal decisions.
     assert value(after, "asd_score_ratio_bucket", model=DEFAULT_MODEL, le="+Inf") == 2
+
+
+def test_metrics_carry_each_machine_ids_own_threshold(client, models_dir):
+    per_id = Bundle.read(models_dir / DEFAULT_MODEL).threshold.per_id
+    assert per_id, "the default model has per-ID thresholds"
+    metrics = samples(client.get("/metrics").text)
+    for machine_id, fit in per_id.items():
+        got = value(metrics, "asd_model_id_threshold", model=DEFAULT_MODEL, machine_id=machine_id)
+        assert got == pytest.approx(fit.value)
+    assert value(metrics, "asd_model_id_threshold", model=DEFAULT_MODEL, machine_id="07") == 0.0
+
+
+def _access_line(caplog, request_id: str) -> dict:
+    records = [
+        r for r in caplog.records if r.name == "service.access" and r.__dict__.get("request_id") == request_id
+    ]
+    assert len(records) == 1
+    return json.loads(JsonFormatter().format(records[0]))
+
+
+def test_request_log_line_names_the_machine_id_even_when_refused(client, caplog):
+    caplog.set_level(logging.INFO, logger="service.access")
+    clip = encode(noise(2.0))
+    ok = client.post(
+        "/v1/score?machine_id=6", files={"file": ("a.wav", clip)}, headers={"X-Request-ID": "mid-1"}
+    )
+    assert ok.status_code == 200
+    assert _access_line(caplog, "mid-1")["machine_id"] == "06"
+    refused = client.post(
+        "/v1/score?machine_id=07", files={"file": ("a.wav", clip)}, headers={"X-Request-ID": "mid-2"}
+    )
+    assert refused.status_code == 422
+    line = _access_line(caplog, "mid-2")
+    assert line["machine_id"] == "07" and line["error_code"] == "unknown_machine_id"
+    client.post("/v1/score", files={"file": ("a.wav", clip)}, headers={"X-Request-ID": "mid-3"})
+    assert "machine_id" not in _access_line(caplog, "mid-3")
 
 
 def test_request_id_is_taken_or_made_and_returned(client):

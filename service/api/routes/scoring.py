@@ -72,7 +72,7 @@ async def score_with_model(
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the named model."""
-    chosen = _threshold(entry, machine_id, false_alarm_rate)
+    chosen = _threshold(request, entry, machine_id, false_alarm_rate)
     return await _score_request(request, entry, file, channel, chosen, settings, metrics, limiter)
 
 
@@ -89,7 +89,7 @@ async def score_with_default(
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the default model (ASD_DEFAULT_MODEL)."""
-    chosen = _threshold(entry, machine_id, false_alarm_rate)
+    chosen = _threshold(request, entry, machine_id, false_alarm_rate)
     return await _score_request(request, entry, file, channel, chosen, settings, metrics, limiter)
 
 
@@ -115,7 +115,7 @@ async def score_batch(
     """
     # The file count is capped while parsing the form (form_limits in create_app).
     request.state.model = entry.name
-    chosen = _threshold(entry, machine_id, false_alarm_rate)
+    chosen = _threshold(request, entry, machine_id, false_alarm_rate)
     results: list[BatchScored | BatchFailed] = []
     total_ms = 0.0
     for upload in files:
@@ -143,9 +143,12 @@ async def score_batch(
     )
 
 
-def _threshold(entry: ModelEntry, machine_id: str | None, false_alarm_rate: float | None) -> ChosenThreshold:
+def _threshold(
+    request: Request, entry: ModelEntry, machine_id: str | None, false_alarm_rate: float | None
+) -> ChosenThreshold:
     """The request's threshold, or 422 before any audio is read."""
     assert entry.detector is not None
+    request.state.machine_id = machine_id  # for the access log, also when the ID is refused
     try:
         return choose_threshold(
             entry.detector.bundle, machine_id=machine_id, false_alarm_rate=false_alarm_rate
