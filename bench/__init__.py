@@ -7,5 +7,6 @@
                     naive one (librosa + Keras `model.predict`) on the same model and clips;
 * `bench.load`      `asd-serve` in a subprocess on loopback: cold start, throughput and
                     latency under concurrent load (httpx + asyncio), resident memory;
+* `bench.results`   what a run measured (the rows `bench.run` fills), saved and read back as JSON;
 * `bench.report`    the table printed and written to BENCHMARKS.md.
 """

@@ -150,12 +150,12 @@ def table(runs: list[Run], *, fresh: int) -> list[str]:
     ]
     for n in sorted({r.clips_per_id for r in runs}):
         group = [r for r in runs if r.clips_per_id == n]
-        cells = []
+        spreads = []
         for m in IDS:
             values = np.array([r.own[m] for r in group])
-            cells.append(f"{values.mean():.3f} ({values.min():.3f}-{values.max():.3f})")
+            spreads.append(f"{values.mean():.3f} ({values.min():.3f}-{values.max():.3f})")
         worst = max(abs(r.own[m] - 0.1) for r in group for m in IDS)
-        lines.append(f"| {n} | {len(group)} | " + " | ".join(cells) + f" | +/- {worst * 100:.1f} points |")
+        lines.append(f"| {n} | {len(group)} | " + " | ".join(spreads) + f" | +/- {worst * 100:.1f} points |")
     return lines
 
 

@@ -6,7 +6,7 @@ recordings in `../shared/data/real-recordings` (8-channel and mono PCM_16).
 Each is held as its file bytes, so no timing includes the disk.
 
 Detector: trained here, in a temporary folder, by the training package's
-own fit (`training.train.run_fit`, what `asd-train fit` runs), a couple of
+own fit (`training.fit.run_fit`, what `asd-train fit` runs), a couple of
 epochs on the synthetic training clips. The in-memory Keras model feeds the naive pipeline and the
 exported ONNX folder feeds ours, so both score with the same weights. The
 architecture and patching are read from the repository's own model
@@ -21,9 +21,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
+
+if TYPE_CHECKING:
+    import keras
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
@@ -150,8 +154,9 @@ def train_detector(
     log: Callable[[str], None] = print,
 ) -> TrainedDetector:
     """Fit and export a detector on the training clips under `machine_root` (see module doc)."""
+    from training.fit import run_fit
+    from training.fit_options import FitOptions
     from training.model import CaeConfig
-    from training.train import FitOptions, run_fit
 
     default_cae = CaeConfig()
     cae = CaeConfig(
@@ -184,7 +189,7 @@ def train_detector(
     )
 
 
-def keras_predict(model) -> Callable[[np.ndarray], np.ndarray]:
+def keras_predict(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     """`model.predict` as a user calls it (default batch size 32, no progress bar)."""
 
     def predict(batch: np.ndarray) -> np.ndarray:

@@ -29,10 +29,14 @@ import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.detector import Clip
+
+if TYPE_CHECKING:
+    from service.detector import Detector
 
 STAGES = ("decode", "features", "inference", "total")
 
@@ -94,7 +98,7 @@ class _Clock:
         return spent
 
 
-def ours_staged(detector, clip: Clip, timings: Timings) -> None:
+def ours_staged(detector: Detector, clip: Clip, timings: Timings) -> None:
     """Decode, features (log-mel, standardisation, patches) and inference of one clip, each timed."""
     from service.audio import read_audio
 
@@ -108,7 +112,7 @@ def ours_staged(detector, clip: Clip, timings: Timings) -> None:
     timings.add("inference", *clock.lap())
 
 
-def ours_total(detector, clip: Clip, timings: Timings, *, model_name: str = "slider") -> float:
+def ours_total(detector: Detector, clip: Clip, timings: Timings, *, model_name: str = "slider") -> float:
     """The whole request's work (`score_upload`), timed; returns the score."""
     from service.scoring import score_upload
 
@@ -119,7 +123,7 @@ def ours_total(detector, clip: Clip, timings: Timings, *, model_name: str = "sli
 
 
 def measure_ours(
-    detector, clips: Sequence[Clip], *, model_name: str = "slider", warmup: int = 3
+    detector: Detector, clips: Sequence[Clip], *, model_name: str = "slider", warmup: int = 3
 ) -> PipelineResult:
     """Our pipeline on each clip: a staged pass, then `score_upload` end to end."""
     started = time.perf_counter()
@@ -140,14 +144,14 @@ def measure_ours(
 
 
 def measure_both(
-    detector,
+    detector: Detector,
     recipe: NaiveRecipe,
     predict: Callable[[np.ndarray], np.ndarray],
     clips: Sequence[Clip],
     *,
     model_name: str = "slider",
     warmup: int = 3,
-    other_detector=None,
+    other_detector: Detector | None = None,
 ) -> tuple[PipelineResult, PipelineResult, PipelineResult | None]:
     """Ours and the naive pipeline clip by clip, interleaved, so that both see the same machine.
 
@@ -157,11 +161,12 @@ def measure_both(
     own whole `score_upload` of each clip too; its result is the third.
     """
     warm = []
-    for run in (
+    warmups: tuple[Callable[[Clip], object], ...] = (
         lambda clip: ours_total(detector, clip, Timings(), model_name=model_name),
         lambda clip: naive_score(clip.data, recipe, predict),
         lambda clip: other_detector and ours_total(other_detector, clip, Timings(), model_name=model_name),
-    ):
+    )
+    for run in warmups:
         started = time.perf_counter()
         for clip in clips[:warmup]:
             run(clip)
@@ -212,7 +217,7 @@ class NaiveRecipe:
     std: np.ndarray  # (n_mels,)
 
     @classmethod
-    def from_detector(cls, detector) -> NaiveRecipe:
+    def from_detector(cls, detector: Detector) -> NaiveRecipe:
         bundle = detector.bundle
         p = detector.params
         return cls(
@@ -292,7 +297,7 @@ def measure_naive(
     )
 
 
-def reference_scores(detector, clips: Sequence[Clip]) -> list[float]:
+def reference_scores(detector: Detector, clips: Sequence[Clip]) -> list[float]:
     """Scores without the benchmark's code: `read_audio` + `Detector.score` on each clip's bytes."""
     from service.audio import read_audio
 

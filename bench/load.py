@@ -56,14 +56,15 @@ def asd_serve_command() -> list[str]:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass
 class Server:
     """A running `asd-serve`; use as a context manager or call `stop()`."""
 
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     port: int
     workers: int
     log_path: Path
@@ -118,7 +119,7 @@ class Server:
         self, names: Sequence[str] = ("scipy", "numba", "llvmlite", "tensorflow", "librosa")
     ) -> list[str]:
         """Which of these packages have native code mapped into any worker (so were imported)."""
-        found = set()
+        found: set[str] = set()
         for pid in self.worker_pids():
             try:
                 with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as handle:

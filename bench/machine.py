@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 PACKAGES = (
     "numpy",
@@ -34,7 +35,7 @@ class Machine:
     versions: dict[str, str]
     load_average: tuple[float, float, float]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bench.run import Results
+from bench.results import HttpRow, Results
 
 STAGES = ("decode", "features", "inference", "total")
 
@@ -33,13 +31,13 @@ def ratio(results: Results, stage: str) -> float:
     return naive / ours if ours > 0 else float("nan")
 
 
-def _split(row) -> str:
+def _split(row: HttpRow) -> str:
     """Each worker's part of the server CPU of a run, e.g. "51 / 49 %"; "" for one worker or no data."""
     shares = row.worker_cpu_shares
     return " / ".join(f"{100 * share:.0f}" for share in shares) + " %" if len(shares) > 1 else ""
 
 
-def _share_cause(row) -> str:
+def _share_cause(row: HttpRow) -> str:
     """Why a run got less than the whole machine, as far as the workers' CPU split tells."""
     shares = row.worker_cpu_shares
     if len(shares) > 1 and max(shares) > 0.75:
@@ -50,19 +48,19 @@ def _share_cause(row) -> str:
     return "the rest went to other processes"
 
 
-def cpu_share(row, cores: int) -> float:
+def cpu_share(row: HttpRow, cores: int) -> float:
     """Fraction of all cores' time that the server and the client used during a load run."""
     used_ms = (row.server_cpu_ms + row.client_cpu_ms) * row.ok
     return used_ms / (row.seconds * 1000 * cores) if row.seconds > 0 else float("nan")
 
 
-def capacity(row, cores: int) -> float:
+def capacity(row: HttpRow, cores: int) -> float:
     """Requests per second that the measured CPU cost per request allows on `cores` cores."""
     per_request = row.server_cpu_ms + row.client_cpu_ms
     return cores * 1000 / per_request if per_request > 0 else float("nan")
 
 
-def http_row(results: Results, workers: int, concurrency: int):
+def http_row(results: Results, workers: int, concurrency: int) -> HttpRow | None:
     for row in results.http:
         if row.workers == workers and row.concurrency == concurrency:
             return row

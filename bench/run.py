@@ -29,12 +29,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench import machine as machine_info
 from bench.detector import Clip
 from bench.inprocess import PipelineResult
+from bench.report import render, text_table
+from bench.results import HttpRow, Results, ServerRow, load_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "BENCHMARKS.md"
@@ -67,7 +70,7 @@ class Config:
         return self.requests.get(concurrency, max(self.requests.values()))
 
 
-QUICK = {
+QUICK: dict[str, Any] = {
     "synthetic_normal_per_id": 10,
     "synthetic_anomaly_per_id": 5,
     "train_per_id": 12,
@@ -79,57 +82,7 @@ QUICK = {
 }
 
 
-@dataclass
-class HttpRow:
-    workers: int
-    concurrency: int
-    requests: int
-    ok: int
-    errors: int
-    error_kinds: dict[str, int]
-    throughput: float
-    p50: float
-    p95: float
-    p99: float
-    mean_ms: float
-    seconds: float
-    server_cpu_ms: float = float("nan")  # per request, all worker processes
-    client_cpu_ms: float = float("nan")  # per request, the load generator
-    worker_cpu_shares: list[float] = field(default_factory=list)  # each worker's part of the server CPU
-
-
-@dataclass
-class ServerRow:
-    workers: int
-    cold_start_s: list[float]  # Popen to the first /ready 200, per start
-    all_ready_s: list[float]  # Popen to every worker loaded
-    phases: list[dict[str, float]]  # per start: seconds from Popen to master up, workers up, models loaded
-    requests_served: int
-    memory: list[dict[str, float]]  # per worker: pid, VmRSS, VmHWM (MB)
-    settings: dict[str, object]
-    heavy_packages_loaded: list[str] = field(default_factory=list)  # scipy, numba, ... mapped into a worker
-
-
-@dataclass
-class Results:
-    started_at: str
-    machine: dict
-    load_at_end: tuple[float, float, float] | None
-    config: dict
-    commands: list[str]
-    clips: dict[str, object]
-    detector: dict[str, object]
-    ours: dict | None
-    naive: dict | None
-    checks: dict[str, float]
-    http: list[HttpRow]
-    servers: list[ServerRow]
-    duration_s: float = 0.0
-    imports: dict = field(default_factory=dict)  # bench.startup.ImportProfile of building the app
-    ours_one_thread: dict | None = None  # ours' whole score_upload with 1 onnxruntime thread
-
-
-def _pipeline_dict(result: PipelineResult) -> dict:
+def _pipeline_dict(result: PipelineResult) -> dict[str, Any]:
     stages = {}
     for stage in ("decode", "features", "inference", "total"):
         stages[stage] = {
@@ -270,13 +223,14 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     reference = inprocess.reference_scores(detector, clips)
     results.checks["ours_vs_detector_max_rel_diff"] = inprocess.relative_difference(ours.scores, reference)
     results.checks["ours_vs_naive_max_rel_diff"] = inprocess.relative_difference(ours.scores, naive.scores)
-    if config.training_check and all(c.path is not None for c in clips):
+    paths = [c.path for c in clips if c.path is not None]
+    if config.training_check and len(paths) == len(clips):
         try:
             from training.evaluate import score_files
         except ImportError:
             pass
         else:
-            expected = score_files(model_dir, [c.path for c in clips])
+            expected = score_files(model_dir, paths)
             results.checks["ours_vs_training_score_files_max_rel_diff"] = inprocess.relative_difference(
                 ours.scores, expected
             )
@@ -367,15 +321,6 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     return results
 
 
-def load_results(path: Path) -> Results:
-    """Results saved with --json, to render them again."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    data["http"] = [HttpRow(**row) for row in data.get("http", [])]
-    data["servers"] = [ServerRow(**row) for row in data.get("servers", [])]
-    known = set(Results.__dataclass_fields__)
-    return Results(**{k: v for k, v in data.items() if k in known})
-
-
 def _relative(part: str) -> str:
     """A path inside the repository as the Makefile would write it (.venv/bin/...)."""
     try:
@@ -400,8 +345,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only write the report of saved results (--json)",
     )
     args = parser.parse_args(argv)
-
-    from bench.report import render, text_table
 
     if args.render is not None:
         saved = load_results(args.render)

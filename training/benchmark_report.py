@@ -13,45 +13,27 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from training.benchmark import BASELINE, CellResult, Config, Outcome, format_seconds
+from training.benchmark import BASELINE, CellResult, Config, Outcome
 
 RunKey = tuple[str, int, str, int]  # family, seed, SNR, fit seed
 METRICS = ("auc", "pauc")
 
 
-def machine_info() -> dict:
-    """CPU model (/proc/cpuinfo), core counts and the load when the run starts."""
-    model = None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "cpu": model or platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "load_average_at_start": load,
-        "python": platform.python_version(),
-        "system": platform.platform(),
-    }
+def format_seconds(seconds: float) -> str:
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def run_key(cell: CellResult) -> RunKey:
@@ -75,19 +57,27 @@ def _at_least_on_every_id(cell: CellResult, baseline: CellResult) -> bool:
     )
 
 
-def summary_table(cells: Sequence[CellResult], detectors: Sequence[str], baseline: str = BASELINE) -> dict:
+def summary_table(
+    cells: Sequence[CellResult], detectors: Sequence[str], baseline: str = BASELINE
+) -> dict[str, Any]:
     """Per run: each detector's mean AUC and pAUC, its difference to `baseline` and whether its AUC is at
     least the baseline's on every ID; then the mean over runs (``"overall"``)."""
     rows = []
     for (family, seed, snr, fit_seed), per in _by_run(cells).items():
         base = per.get(baseline)
-        entry: dict = {"family": family, "seed": seed, "snr": snr, "fit_seed": fit_seed, "detectors": {}}
+        entry: dict[str, Any] = {
+            "family": family,
+            "seed": seed,
+            "snr": snr,
+            "fit_seed": fit_seed,
+            "detectors": {},
+        }
         for name in detectors:
             cell = per.get(name)
             if cell is None or not cell.ok:
                 entry["detectors"][name] = {"status": "failed", "stage": cell.stage if cell else "missing"}
                 continue
-            values: dict = {"status": "ok", **{m: cell_mean(cell, m) for m in METRICS}}
+            values: dict[str, Any] = {"status": "ok", **{m: cell_mean(cell, m) for m in METRICS}}
             if name != baseline and base is not None and base.ok:
                 for m in METRICS:
                     values[f"{m}_vs_{baseline}"] = values[m] - cell_mean(base, m)
@@ -97,7 +87,7 @@ def summary_table(cells: Sequence[CellResult], detectors: Sequence[str], baselin
     overall = {}
     for name in detectors:
         ok = [row["detectors"][name] for row in rows if row["detectors"][name]["status"] == "ok"]
-        summary: dict = {"runs": len(ok), "of": len(rows)}
+        summary: dict[str, Any] = {"runs": len(ok), "of": len(rows)}
         for m in METRICS:
             summary[m] = float(np.mean([v[m] for v in ok])) if ok else None
         compared = [v for v in ok if f"auc_vs_{baseline}" in v]
@@ -112,7 +102,7 @@ def summary_table(cells: Sequence[CellResult], detectors: Sequence[str], baselin
     return {"baseline": baseline, "rows": rows, "overall": overall}
 
 
-def _spread(values: Sequence[float]) -> dict:
+def _spread(values: Sequence[float]) -> dict[str, Any]:
     array = np.asarray(values, dtype=float)
     if array.size == 0:
         return {"mean": None, "min": None, "max": None, "std": None}
@@ -125,7 +115,7 @@ def _spread(values: Sequence[float]) -> dict:
     }
 
 
-def family_table(cells: Sequence[CellResult], detectors: Sequence[str]) -> list[dict]:
+def family_table(cells: Sequence[CellResult], detectors: Sequence[str]) -> list[dict[str, Any]]:
     """Per family, SNR variant and detector: mean over IDs and seeds, with min-max and std over the runs."""
     groups: dict[tuple[str, str], list[CellResult]] = {}
     for cell in cells:
@@ -154,7 +144,7 @@ def cell_kind_means(cell: CellResult) -> dict[str, float]:
     return {k: float(np.mean([per[k] for per in cell.kinds.values() if k in per])) for k in kinds}
 
 
-def kind_table(cells: Sequence[CellResult], detectors: Sequence[str]) -> list[dict]:
+def kind_table(cells: Sequence[CellResult], detectors: Sequence[str]) -> list[dict[str, Any]]:
     """Per family, SNR variant and fault kind: each detector's AUC, the mean over its successful runs."""
     groups: dict[tuple[str, str], list[CellResult]] = {}
     for cell in cells:
@@ -197,7 +187,7 @@ def _failed(stage: str | None) -> str:
     return f"FAILED ({stage})" if stage else "FAILED"
 
 
-def summary_lines(summary: Mapping, detectors: Sequence[str]) -> list[str]:
+def summary_lines(summary: Mapping[str, Any], detectors: Sequence[str]) -> list[str]:
     baseline = summary["baseline"]
     others = [d for d in detectors if d != baseline]
     has_base = baseline in detectors
@@ -255,7 +245,7 @@ def summary_lines(summary: Mapping, detectors: Sequence[str]) -> list[str]:
     return [*notes, "", *_table(header, rows)]
 
 
-def family_lines(rows: Sequence[Mapping]) -> list[str]:
+def family_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     header = [
         "family",
         "SNR",
@@ -284,7 +274,7 @@ def family_lines(rows: Sequence[Mapping]) -> list[str]:
     return [note, "", *_table(header, body)]
 
 
-def kind_lines(rows: Sequence[Mapping], detectors: Sequence[str]) -> list[str]:
+def kind_lines(rows: Sequence[Mapping[str, Any]], detectors: Sequence[str]) -> list[str]:
     if not rows:
         return ["No fault kinds: no successful evaluation, or no anomaly_kinds.csv beside the test clips."]
     header = ["family", "SNR", "kind", *detectors]
@@ -359,7 +349,7 @@ def failure_lines(cells: Sequence[CellResult]) -> list[str]:
     return _table(["family", "seed", "SNR", "fit seed", "detector", "status", "stage", "reason"], rows)
 
 
-def build_tables(cells: Sequence[CellResult], detectors: Sequence[str]) -> dict:
+def build_tables(cells: Sequence[CellResult], detectors: Sequence[str]) -> dict[str, Any]:
     return {
         "summary": summary_table(cells, detectors),
         "families": family_table(cells, detectors),
@@ -368,7 +358,13 @@ def build_tables(cells: Sequence[CellResult], detectors: Sequence[str]) -> dict:
 
 
 def render_markdown(
-    outcome: Outcome, config: Config, *, machine: Mapping, command: str, json_name: str, tables: Mapping
+    outcome: Outcome,
+    config: Config,
+    *,
+    machine: Mapping[str, Any],
+    command: str,
+    json_name: str,
+    tables: Mapping[str, Any],
 ) -> str:
     detectors = list(config.detectors)
     cells = outcome.cells
@@ -448,7 +444,7 @@ def render_markdown(
 
 
 def write_outputs(
-    outcome: Outcome, config: Config, *, machine: Mapping, command: str, out: Path, json_out: Path
+    outcome: Outcome, config: Config, *, machine: Mapping[str, Any], command: str, out: Path, json_out: Path
 ) -> None:
     tables = build_tables(outcome.cells, list(config.detectors))
     out = Path(out)

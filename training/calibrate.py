@@ -38,17 +38,14 @@ from service.audio import AudioError, Channel, read_audio
 from service.bundle import THRESHOLD_FILE, Bundle, CalibrationEvent, Threshold, ThresholdFit
 from service.detector import ClipTooShortError, Detector, DetectorError
 from service.features import FeatureError
-from training.dataset import DatasetError, Skipped, list_clips, normalize_id, resolve_folder
-from training.export import MIN_ID_CLIPS, ExportError, _check_replaceable, _replace
-from training.threshold import ThresholdError, calibrate
+from training.dataset import Skipped, list_clips, normalize_id, resolve_folder
+from training.errors import CalibrationError, DatasetError, ExportError, ThresholdError
+from training.folders import check_replaceable, replace_folder
+from training.threshold import MIN_ID_CLIPS, calibrate
 
 # The fewest clips `fit` gives an ID its own threshold from: a gamma fit to fewer swings from one
 # recording to the next (its 90 % interval spans tens of points), so a site threshold needs as many.
 MIN_CLIPS = MIN_ID_CLIPS
-
-
-class CalibrationError(Exception):
-    """The detector cannot be recalibrated on these recordings; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +214,7 @@ def _check_out(model_dir: Path, out: Path) -> None:
         # The temporary copy would sit inside the folder being copied.
         raise CalibrationError(f"--out {out} is inside the model folder {model_dir}; choose another --out")
     try:
-        _check_replaceable(out)
+        check_replaceable(out)
     except ExportError as error:
         raise CalibrationError(str(error)) from None
 
@@ -343,7 +340,7 @@ def _write(model_dir: Path, out: Path, bundle: Bundle) -> None:
             Detector(work)  # as the service will load it: the copied graph's hash, the new schema
         except DetectorError as error:
             raise CalibrationError(f"the recalibrated folder does not load: {error}") from None
-        _replace(work, out)
+        replace_folder(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

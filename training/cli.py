@@ -6,8 +6,9 @@
     asd-train explore WAV... [--out DIR] [--model MODEL_DIR]
 
 A problem the user can fix (missing folder, no clips, bad option, a model
-that does not export faithfully) ends the command with a one-line message
-on stderr and exit status 2, without a traceback.
+that does not export faithfully: any `training.errors.TrainingError` or
+`service.errors.ServiceError`) ends the command with a one-line message on
+stderr and exit status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -20,28 +21,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from service.audio import AudioError, Channel
-from service.detector import DetectorError
-from training.dataset import DatasetError, parse_ids
+from service.errors import ServiceError
+from training.dataset import parse_ids
+from training.errors import CliError, DatasetError, SynthError, TrainingError
+from training.options import add_channel_argument
 
 EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
-
-
-def parse_channel(text: str) -> Channel:
-    """`"0"`, `"1"`, ... or `"mean"` (average of all channels)."""
-    if text == "mean":
-        return "mean"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"channel must be a number >= 0 or 'mean', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"channel must be a number >= 0 or 'mean', got {text!r}")
-    return value
 
 
 def _ids(text: str) -> tuple[str, ...] | None:
@@ -120,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--folds", type=int, default=5, help="folds of the cross-fit (default 5)")
     fit.add_argument("--false-alarm-rate", type=_rate, default=None, help="target R; threshold quantile 1-R")
-    fit.add_argument("--channel", type=parse_channel, default=0, help="channel index or 'mean' (default 0)")
+    add_channel_argument(fit, "channel index or 'mean' (default 0)")
     fit.add_argument("--patience", type=int, default=5, help="epochs without val_loss gain before stopping")
     fit.add_argument("--learning-rate", type=float, default=1e-3)
     fit.add_argument("--filters", default=None, help="CAE encoder widths, e.g. 16,32,64")
@@ -174,9 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--machine-id", default=None, help="take every clip as this ID's and refit only its threshold"
     )
-    calibrate.add_argument(
-        "--channel", type=parse_channel, default=0, help="channel index or 'mean' (default 0)"
-    )
+    add_channel_argument(calibrate, "channel index or 'mean' (default 0)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(handler=_calibrate)
 
@@ -229,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--duration", default=None, help="seconds per clip (default 10)")
     benchmark.set_defaults(handler=_benchmark)
 
+    from training.evaluate_command import add_evaluate_arguments, run_evaluate
     from training.explore import add_explore_arguments, run_explore
-    from training.report import add_evaluate_arguments, run_evaluate
 
     evaluate = sub.add_parser(
         "evaluate", help="AUC, pAUC, precision, recall, F1 per machine ID; report.json, CSVs, figures"
@@ -249,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _synth(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from training.synth import SynthError, generate_dataset, parse_snr
+    from training.synth import generate_dataset, parse_snr
 
     ids = args.ids or ("00",)
     try:
@@ -258,21 +241,18 @@ def _synth(args: argparse.Namespace) -> None:
         raise CliError(f"--snr-db: {error}") from None
     total = len(ids) * (max(args.train, 0) + max(args.test_normal, 0) + max(args.test_anomaly, 0))
     with tqdm(total=total, desc="synth", unit="clip") as bar:
-        try:
-            summary = generate_dataset(
-                args.out,
-                machine_type=args.machine_type,
-                ids=ids,
-                n_train=args.train,
-                n_test_normal=args.test_normal,
-                n_test_anomaly=args.test_anomaly,
-                seed=args.seed,
-                duration=args.duration,
-                snr_db=snr_db,
-                progress=lambda done, _total: bar.update(done - bar.n),
-            )
-        except SynthError as error:
-            raise CliError(str(error)) from None
+        summary = generate_dataset(
+            args.out,
+            machine_type=args.machine_type,
+            ids=ids,
+            n_train=args.train,
+            n_test_normal=args.test_normal,
+            n_test_anomaly=args.test_anomaly,
+            seed=args.seed,
+            duration=args.duration,
+            snr_db=snr_db,
+            progress=lambda done, _total: bar.update(done - bar.n),
+        )
     print(
         f"wrote {summary.n_train} train, {summary.n_test_normal} normal test and {summary.n_test_anomaly} "
         f"anomalous test clips ({summary.seconds / 3600:.2f} h) to {summary.root}"
@@ -280,9 +260,9 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from training.model import CaeConfig, ModelConfigError
-    from training.threshold import ThresholdError
-    from training.train import FitOptions, TrainingError, run_fit
+    from training.fit import run_fit
+    from training.fit_options import FitOptions
+    from training.model import CaeConfig
 
     cae = CaeConfig()
     if args.filters:
@@ -317,61 +297,50 @@ def _fit(args: argparse.Namespace) -> None:
         scorer=args.scorer,
         progress=not args.quiet,
     )
-    from training.export import ExportError
-
-    command = shlex.join(["asd-train", *args.argv])
-    try:
-        run_fit(args.data_root, args.out, options, command=command)
-    except (ModelConfigError, ThresholdError, ExportError, TrainingError) as error:
-        raise CliError(str(error)) from None
+    run_fit(args.data_root, args.out, options, command=shlex.join(["asd-train", *args.argv]))
 
 
 def _calibrate(args: argparse.Namespace) -> None:
     # No TensorFlow import on this path: a recalibration takes seconds, not TensorFlow's start-up.
     from tqdm import tqdm
 
-    from training.calibrate import CalibrationError, format_summary, recalibrate
+    from training.calibrate import format_summary, recalibrate
 
     command = shlex.join(["asd-train", *args.argv])
     with tqdm(desc="calibrate", unit="clip", disable=args.quiet) as bar:
-        try:
-            result = recalibrate(
-                args.model_dir,
-                args.normal_dir,
-                args.out,
-                false_alarm_rate=args.false_alarm_rate,
-                machine_id=args.machine_id,
-                channel=args.channel,
-                command=command,
-                progress=bar.update,
-            )
-        except CalibrationError as error:
-            raise CliError(str(error)) from None
+        result = recalibrate(
+            args.model_dir,
+            args.normal_dir,
+            args.out,
+            false_alarm_rate=args.false_alarm_rate,
+            machine_id=args.machine_id,
+            channel=args.channel,
+            command=command,
+            progress=bar.update,
+        )
     print(format_summary(result))
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    # Library code (training.benchmark) never imports this module; the options are parsed there.
-    from training.benchmark import BenchmarkConfigError, build_config, run_benchmark
+    # Library code (training.benchmark*) never imports this module; the options are parsed there.
+    from training.benchmark import build_config
+    from training.benchmark_run import run_benchmark
 
-    try:
-        config = build_config(
-            quick=args.quick,
-            families=args.families,
-            seeds=args.seeds,
-            snr=args.snr,
-            detectors=args.detectors,
-            definitions=args.detector,
-            fit_seeds=args.fit_seeds,
-            fit_args=args.fit_args,
-            ids=args.ids,
-            n_train=args.train,
-            n_test_normal=args.test_normal,
-            n_test_anomaly=args.test_anomaly,
-            duration=args.duration,
-        )
-    except BenchmarkConfigError as error:
-        raise CliError(str(error)) from None
+    config = build_config(
+        quick=args.quick,
+        families=args.families,
+        seeds=args.seeds,
+        snr=args.snr,
+        detectors=args.detectors,
+        definitions=args.detector,
+        fit_seeds=args.fit_seeds,
+        fit_args=args.fit_args,
+        ids=args.ids,
+        n_train=args.train,
+        n_test_normal=args.test_normal,
+        n_test_anomaly=args.test_anomaly,
+        duration=args.duration,
+    )
     outcome = run_benchmark(
         config,
         work=args.work,
@@ -392,9 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # recorded in threshold.json as the reproducing command
+    # Every error a user can fix is in one of the two trees (or is a file the system refuses).
     try:
         status = args.handler(args)
-    except (CliError, DatasetError, DetectorError, AudioError, OSError) as error:
+    except (TrainingError, ServiceError, OSError) as error:
         print(f"asd-train {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ import numpy as np
 from service.audio import AudioError, Channel, read_audio
 from service.features import FeatureError, FeatureParams, band_centres_hz, log_mel, mel_filterbank, patches
 from service.inputcheck import ClipStats, clip_stats
+from training.errors import DatasetError
 
 DEFAULT_ID = "00"
 WAV_SUFFIXES = (".wav",)
@@ -36,10 +37,6 @@ WAV_SUFFIXES = (".wav",)
 Label = Literal["normal", "anomaly"]
 
 _ID_PATTERN = re.compile(r"(?:^|_)id_(\d+)(?=_|$)", re.IGNORECASE)
-
-
-class DatasetError(Exception):
-    """A data root that cannot be trained or evaluated on (missing, empty, no matching clips)."""
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,8 @@ class Normalizer:
 
     def apply(self, spec: np.ndarray) -> np.ndarray:
         """(n_mels, t) -> standardised (n_mels, t) float32, as `Detector.features` does."""
-        return ((spec - self.mean[:, None]) * (1.0 / self.std)[:, None]).astype(np.float32)
+        standardised: np.ndarray = (spec - self.mean[:, None]) * (1.0 / self.std)[:, None]
+        return standardised.astype(np.float32)
 
 
 # A mel bin that never varies (digital silence, a band-limited recorder)

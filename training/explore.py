@@ -32,17 +32,14 @@ from scipy import signal
 from service.audio import AudioError, Channel, read_audio
 from service.detector import Detector, DetectorError
 from service.features import FeatureParams, log_mel
-from training.cli import parse_channel
+from training.errors import ExploreError
+from training.options import add_channel_argument
 
 EXPLORE_FIGURE = "explore.png"
 RECONSTRUCTION_FIGURE = "reconstruction.png"
 _PITCH_CLASSES = ("C", "C♯", "D", "D♯", "E", "F", "F♯", "G", "G♯", "A", "A♯", "B")
 _DPI = 100
 _ENVELOPE_POINTS = 2000
-
-
-class ExploreError(Exception):
-    """A clip or model that cannot be explored; the message says why, for the user."""
 
 
 @dataclass(frozen=True)
@@ -129,9 +126,9 @@ def reconstruct_clip(detector: Detector, samples: np.ndarray) -> Reconstruction:
     spec = detector.features(samples)
     batch, starts = detector.model_inputs(spec)
     output = detector.reconstruct(batch)
-    shape = {"arch": detector.bundle.model.arch, "n_mels": detector.params.n_mels, "frames": detector.frames}
-    inputs = batch_to_patches(batch, **shape)
-    recon = batch_to_patches(output, **shape)
+    arch, n_mels, frames = detector.bundle.model.arch, detector.params.n_mels, detector.frames
+    inputs = batch_to_patches(batch, arch=arch, n_mels=n_mels, frames=frames)
+    recon = batch_to_patches(output, arch=arch, n_mels=n_mels, frames=frames)
     squared = np.square(inputs - recon)  # (N, n_mels, frames)
     patch_errors = squared.mean(axis=(1, 2))
     seconds_per_frame = detector.params.hop_length / detector.params.sample_rate
@@ -453,12 +450,7 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> None:
         dest="model_dir",
         help="also draw this detector's reconstruction and its error over time and frequency",
     )
-    parser.add_argument(
-        "--channel",
-        type=parse_channel,
-        default=0,
-        help="channel of multi-channel files, or 'mean' (default: 0)",
-    )
+    add_channel_argument(parser)
     parser.add_argument(
         "--no-chroma", action="store_true", help="skip the chromagram (saves librosa's numba compilation)"
     )

@@ -27,15 +27,13 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from training.errors import UndefinedMetricError
+
 MAX_FPR = 0.1
 
 # Keys of `detection_metrics` that are averaged over machine IDs in a report.
 MEAN_KEYS: tuple[str, ...] = ("auc", "pauc", "precision", "recall", "f1")
 COUNT_KEYS: tuple[str, ...] = ("tp", "fp", "tn", "fn", "n_normal", "n_anomaly")
-
-
-class UndefinedMetricError(ValueError):
-    """The labels hold one class only, so ROC AUC (and pAUC) are undefined."""
 
 
 def _check_inputs(labels: Iterable[int], scores: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,15 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from training.errors import ModelConfigError
+
 if TYPE_CHECKING:
     import keras
 
 INPUT_NAME = "log_mel"
 OUTPUT_NAME = "reconstruction"
-
-
-class ModelConfigError(ValueError):
-    """Architecture options that cannot build a model (e.g. frames not divisible by the pooling)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class CaeConfig:
     @property
     def pooling(self) -> int:
         """Down-sampling factor along the mel axis: 2 per encoder block."""
-        return 2 ** len(self.filters)
+        return int(2 ** len(self.filters))
 
     def pools(self, frames: int) -> list[tuple[int, int]]:
         """(mel, time) pool size of each encoder block.

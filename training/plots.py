@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from training.metrics import MAX_FPR, confusion_counts
@@ -128,14 +129,14 @@ def _histogram(
     edges, log_x = _histogram_bins(scores, threshold, bins)
     ax.hist(
         scores[labels == 0],
-        bins=edges,
+        bins=edges.tolist(),
         color=NORMAL_COLOR,
         alpha=0.6,
         label=f"normal ({int(np.sum(labels == 0))})",
     )
     ax.hist(
         scores[labels == 1],
-        bins=edges,
+        bins=edges.tolist(),
         color=ANOMALY_COLOR,
         alpha=0.6,
         label=f"anomalous ({int(np.sum(labels == 1))})",
@@ -249,7 +250,9 @@ def plot_training_curves(
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 20:
         ax.set_yscale("log")  # the first epochs would flatten the rest of the curve
     ax.set(xlabel="epoch", ylabel="loss (MSE)", title=title or "training curves")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    locator = ax.xaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # the default AutoLocator is one
+        locator.set_params(integer=True)
     ax.legend()
     return _save(fig, path)
 

@@ -37,19 +37,18 @@ import numpy as np
 from scipy import stats
 
 from service.bundle import FalseAlarmCurve, GammaFit, ThresholdFit
+from training.errors import ThresholdError
 
 DEFAULT_QUANTILE = 0.9
 MIN_CALIBRATION_CLIPS = 3
+# Fewer calibration clips of an ID than this and it uses the model-wide threshold.
+MIN_ID_CLIPS = 10
 FREE_LOC_MIN_CLIPS = 30
 BOOTSTRAP_ROUNDS = 200
 INTERVAL = (0.05, 0.95)
 TARGET_HALF_WIDTH = 0.03
 # Logit-spaced false-alarm rates of the stored curve: 1e-5 ... 1 - 1e-5.
 CURVE_RATES = 1.0 / (1.0 + np.exp(-np.linspace(-np.log(1e5 - 1), np.log(1e5 - 1), 121)))
-
-
-class ThresholdError(ValueError):
-    """Scores that no threshold can honestly be fitted to."""
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import benchmark
-from training.benchmark import (
-    BenchmarkConfigError,
-    CellResult,
-    FitRun,
-    Outcome,
-    build_config,
-)
+from training import benchmark_data, benchmark_run
+from training.benchmark import CellResult, Outcome, build_config
+from training.benchmark_fit import FitRun
 from training.benchmark_report import build_tables, family_table, kind_table, summary_table, write_outputs
 from training.cli import main
+from training.errors import BenchmarkConfigError
 
 from .conftest import TINY_FIT_ARGS
 
@@ -303,8 +299,8 @@ class FakeFits:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeFits:
     fits = FakeFits()
-    monkeypatch.setattr(benchmark, "run_fit_command", fits.fit)
-    monkeypatch.setattr(benchmark, "evaluate_cell", fits.evaluate)
+    monkeypatch.setattr(benchmark_run, "run_fit_command", fits.fit)
+    monkeypatch.setattr(benchmark_run, "evaluate_cell", fits.evaluate)
     return fits
 
 
@@ -388,8 +384,8 @@ def test_a_second_run_reuses_data_and_fits_and_a_changed_command_refits(
     tmp_path: Path, fake: FakeFits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = []
-    real = benchmark.synthesise
-    monkeypatch.setattr(benchmark, "synthesise", lambda *a: (made.append(a[2]), real(*a)))
+    real = benchmark_data.synthesise
+    monkeypatch.setattr(benchmark_data, "synthesise", lambda *a: (made.append(a[2]), real(*a)))
     assert _run(tmp_path) == 0
     assert len(made) == 1 and len(fake.commands) == 2 and len(fake.evaluated) == 2
     first = json.loads((tmp_path / "Q.json").read_text())["cells"]
@@ -419,7 +415,7 @@ def test_a_second_run_reuses_data_and_fits_and_a_changed_command_refits(
     assert _run(tmp_path, "--fit-args=--epochs 1") == 0
     assert len(made) == 2 and len(fake.commands) == 5 and len(fake.evaluated) == evaluated + 2
     # Another version of the synthesiser: its data set is made again and everything on it refitted.
-    monkeypatch.setattr(benchmark, "sample_digest", lambda config, spec: "another version")
+    monkeypatch.setattr(benchmark_data, "sample_digest", lambda config, spec: "another version")
     assert _run(tmp_path, "--fit-args=--epochs 1") == 0
     assert len(made) == 3 and len(fake.commands) == 7 and len(fake.evaluated) == evaluated + 4
 
@@ -428,7 +424,7 @@ def test_a_real_fit_with_too_few_clips_fails_its_cell(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The fit refuses before TensorFlow loads, so this runs the real subprocess in seconds.
-    monkeypatch.setattr(benchmark, "evaluate_cell", FakeFits().evaluate)
+    monkeypatch.setattr(benchmark_run, "evaluate_cell", FakeFits().evaluate)
     assert _run(tmp_path, "--detectors", "dense") == 1
     err = capsys.readouterr().err
     assert "FAILED slider seed 0 SNR default, dense fit seed 0 (fit): exit status 2:" in err
@@ -498,7 +494,8 @@ def test_tiny_end_to_end_run_through_the_cli(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_the_library_does_not_import_the_cli() -> None:
-    code = "import sys, training.benchmark, training.benchmark_report; print('training.cli' in sys.modules)"
+    modules = ", ".join(f"training.benchmark{part}" for part in ("", "_data", "_fit", "_run", "_report"))
+    code = f"import sys, {modules}; print('training.cli' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -508,9 +505,15 @@ def test_the_sample_digest_follows_what_the_synthesiser_makes() -> None:
         families="slider", seeds="0,1", snr="default,3", ids="00,02", n_test_anomaly="2", duration="1"
     )
     slider0, slider0_snr3, slider1, _ = config.datasets()
-    digest = benchmark.sample_digest(config, slider0)
-    assert digest == benchmark.sample_digest(config, slider0)
+    digest = benchmark_data.sample_digest(config, slider0)
+    assert digest == benchmark_data.sample_digest(config, slider0)
     assert (
-        len({digest, benchmark.sample_digest(config, slider1), benchmark.sample_digest(config, slider0_snr3)})
+        len(
+            {
+                digest,
+                benchmark_data.sample_digest(config, slider1),
+                benchmark_data.sample_digest(config, slider0_snr3),
+            }
+        )
         == 3
     )

@@ -19,8 +19,9 @@ import soundfile as sf
 
 from service.bundle import Bundle, sha256_of
 from service.detector import Detector
-from training.calibrate import MIN_CLIPS, CalibrationError, format_summary, recalibrate
+from training.calibrate import MIN_CLIPS, format_summary, recalibrate
 from training.cli import main
+from training.errors import CalibrationError
 from training.export import score_paths
 from training.threshold import calibrate
 
@@ -335,7 +336,7 @@ def test_a_failure_while_writing_leaves_nothing(
     def broken(work: Path, target: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(module, "_replace", broken)
+    monkeypatch.setattr(module, "replace_folder", broken)
     with pytest.raises(OSError, match="disk full"):
         recalibrate(model, tmp_path / "site", out)
     assert (out / "threshold.json").read_bytes() == before

@@ -11,12 +11,15 @@ import pytest
 
 from service.bundle import Bundle
 from service.detector import Detector
+from training.crossfit import assign_folds, choose_calibration
 from training.dataset import ClipFile, FeatureClip
 from training.export import score_paths
+from training.fit import run_fit
+from training.fit_options import FitOptions
+from training.fit_summary import FitSummary
 from training.model import CaeConfig
 from training.synth import generate_dataset
 from training.threshold import calibrate
-from training.train import FitOptions, FitSummary, assign_folds, choose_calibration, run_fit
 
 IDS = ("00", "02")
 CLIPS = {"00": 10, "02": 12}
@@ -134,8 +137,8 @@ def test_the_bundle_carries_the_training_audio_fingerprint(cross_fitted) -> None
 
 def test_out_of_fold_scores_are_put_on_the_final_models_level(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fold model f scores everything f points higher; the calibration scores must not inherit that."""
-    import training.train as train_module
-    from training.export import RawScores
+    import training.crossfit as crossfit_module
+    from training.fusion import RawScores
 
     clips = [
         FeatureClip(
@@ -161,11 +164,11 @@ def test_out_of_fold_scores_are_put_on_the_final_models_level(monkeypatch: pytes
     def fake_score(model, candidate, paths, **kwargs):
         return np.array([100.0 + gap[p] for p in paths])
 
-    monkeypatch.setattr(train_module, "train_keras", fake_train)
-    monkeypatch.setattr(train_module, "raw_scores_with_model", fake_raw)
-    monkeypatch.setattr(train_module, "score_with_model", fake_score)
+    monkeypatch.setattr(crossfit_module, "train_keras", fake_train)
+    monkeypatch.setattr(crossfit_module, "raw_scores_with_model", fake_raw)
+    monkeypatch.setattr(crossfit_module, "score_with_model", fake_score)
     options = FitOptions(frames=16, patch_hop=8, folds=5, progress=False).resolved()
-    trained = train_module._fit_cross(clips, options, io.StringIO(), data_root="x")
+    trained = crossfit_module.fit_cross(clips, options, io.StringIO(), data_root="x")
     scores = trained.calibration.scores
     expected = np.array([100.0 + gap[c.file.path] + 0.5 for c in clips])
     # Without the alignment the scores would spread over 0..40 with the fold models' levels.

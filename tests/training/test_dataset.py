@@ -10,7 +10,6 @@ from service.features import FeatureParams, log_mel
 from training.dataset import (
     DEFAULT_ID,
     ClipFile,
-    DatasetError,
     FeatureClip,
     fit_normalizer,
     list_clips,
@@ -22,6 +21,7 @@ from training.dataset import (
     resolve_folder,
     split_validation,
 )
+from training.errors import DatasetError
 
 from .conftest import SR, write_tone
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from training.fit_options import FitOptions
 from training.model import CaeConfig
-from training.train import FitOptions, train_keras
+from training.train import train_keras
 
 
 def _weights(seed: int) -> tuple[list[np.ndarray], dict[str, list[float]]]:

@@ -8,8 +8,8 @@ from service.audio import read_audio
 from service.detector import Detector
 from service.features import patches
 from tests.training.tiny_detector import clip, make_detector
+from training.errors import ExploreError
 from training.explore import (
-    ExploreError,
     add_explore_arguments,
     batch_to_patches,
     explore,

@@ -13,12 +13,14 @@ from service.audio import read_audio
 from service.bundle import MODEL_FILE, Bundle, sha256_of
 from service.detector import Detector
 from service.features import log_mel, mel_filterbank
-from training import export as export_module
+from training import onnx_export
 from training.dataset import Normalizer, patch_array
+from training.errors import ExportError
 from training.evaluate import score_files
-from training.export import Calibration, Candidate, ExportError, export_detector
+from training.export import Calibration, Candidate, export_detector
 from training.model import CaeConfig, build_cae, build_dense
-from training.report import evaluate_model, format_table
+from training.report import evaluate_model
+from training.report_output import format_table
 from training.threshold import fit_gamma_threshold
 
 from .conftest import GARBAGE, IDS, N_TRAIN, SHORT, Fitted
@@ -149,7 +151,7 @@ def _export(model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int
 def test_export_refuses_an_onnx_model_that_differs_and_leaves_nothing(
     untrained_cae, tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export_module, "ONNX_TOLERANCE", -1.0)  # any difference is too much
+    monkeypatch.setattr(onnx_export, "ONNX_TOLERANCE", -1.0)  # any difference is too much
     with pytest.raises(ExportError, match="differs from Keras"):
         _export(untrained_cae, tmp_path / "model", tiny_root)
     assert list(tmp_path.iterdir()) == []  # no model folder, no temporary folder

@@ -16,12 +16,15 @@ from service.audio import read_audio
 from service.bundle import Bundle
 from service.detector import Detector
 from service.scorers import coarse_bands, fuse
-from training.dataset import DatasetError
-from training.export import fused_scores, score_paths
+from training.errors import DatasetError
+from training.export import score_paths
+from training.fit import run_fit
+from training.fit_options import FitOptions
+from training.fit_summary import FitSummary
+from training.fusion import fused_scores
 from training.model import CaeConfig
 from training.synth import generate_dataset
 from training.threshold import calibrate
-from training.train import FitOptions, FitSummary, run_fit
 
 IDS = ("00", "02")
 CLIPS = {"00": 10, "02": 12}
@@ -189,7 +192,7 @@ def test_pooling_options_are_checked_before_training() -> None:
 
 def test_evaluation_scores_each_clip_as_a_request_naming_its_machine(fits, data_root: Path) -> None:
     from service.detector import Detector
-    from training.report import score_clips
+    from training.clip_scores import score_clips
 
     _, out = fits["fused"]
     detector = Detector(out)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from training.errors import UndefinedMetricError
 from training.metrics import (
-    UndefinedMetricError,
     confusion_counts,
     detection_metrics,
     mean_metrics,

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from training.model import CaeConfig, ModelConfigError, build_cae
+from training.errors import ModelConfigError
+from training.model import CaeConfig, build_cae
 
 SMALL = CaeConfig(filters=(4, 8, 8), bottleneck=4, code_frames=1)
 

@@ -12,22 +12,12 @@ from service.audio import read_audio
 from service.detector import Detector
 from tests.training.tiny_detector import make_detector, with_threshold, write_test_set
 from training import plots
+from training.clip_scores import ModelScores, find_test_clips
+from training.errors import ClipError, EvaluationError, MissingFolderError, ModelLoadError, NoTestDataError
+from training.evaluate_command import add_evaluate_arguments, run_evaluate
 from training.metrics import detection_metrics
-from training.report import (
-    ClipError,
-    EvaluationError,
-    MissingFolderError,
-    ModelLoadError,
-    ModelScores,
-    NoTestDataError,
-    add_evaluate_arguments,
-    build_report,
-    evaluate_model,
-    find_test_clips,
-    format_table,
-    run_evaluate,
-    write_report,
-)
+from training.report import build_report, evaluate_model
+from training.report_output import format_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ID_KEYS = {"auc", "pauc", "precision", "recall", "f1", "tp", "fp", "tn", "fn", "n_normal", "n_anomaly"}

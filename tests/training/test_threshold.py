@@ -5,7 +5,8 @@ import pytest
 from scipy import stats
 
 from training import threshold as threshold_module
-from training.threshold import ThresholdError, calibrate, fit_gamma_threshold, quantile_for
+from training.errors import ThresholdError
+from training.threshold import calibrate, fit_gamma_threshold, quantile_for
 
 
 def test_threshold_is_near_the_true_gamma_quantile() -> None:

@@ -7,9 +7,10 @@ import io
 import numpy as np
 import pytest
 
-from training.dataset import DatasetError
+from training.errors import DatasetError, TrainingDivergedError
+from training.fit_options import FitOptions
 from training.model import CaeConfig
-from training.train import FitOptions, TrainingError, train_keras
+from training.train import train_keras
 
 
 def _options(**overrides: object) -> FitOptions:
@@ -59,7 +60,7 @@ def test_improving_run_runs_every_epoch_and_reports_its_losses() -> None:
 
 def test_a_loss_that_becomes_nan_is_an_error_not_a_model() -> None:
     x_train, x_val = _data()
-    with pytest.raises(TrainingError, match=r"diverged in epoch 1.*lower --learning-rate"):
+    with pytest.raises(TrainingDivergedError, match=r"diverged in epoch 1.*lower --learning-rate"):
         train_keras(x_train, x_val, _options(learning_rate=50.0, progress=False), stream=io.StringIO())
 
 

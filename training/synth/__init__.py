@@ -7,8 +7,8 @@ What it offers: `render_clip` (one clip as float32 samples), `generate_dataset`
 (a DCASE-layout folder with ``anomaly_kinds.csv``, `ANOMALY_KINDS_FILE`,
 beside the test clips) and its `SynthSummary`, `anomaly_kinds(machine_type)`,
 `MACHINE_TYPES`, `parse_snr` (the ``--snr-db`` text: ``6`` or ``-6:6``),
-`SAMPLE_RATE`, `ANOMALY_KINDS` (the slider's fault kinds) and `SynthError`,
-the one error type (a ValueError) for every bad argument.
+`SAMPLE_RATE`, `ANOMALY_KINDS` (the slider's fault kinds) and `SynthError`
+(`training.errors`), the one error type (a ValueError) for every bad argument.
 
 How the families are registered: a family is an object with the
 `family.MachineModel` protocol (fault kinds, default SNR, a seed-stream key
@@ -23,13 +23,15 @@ microphone and the surroundings of `background.py`, the SNR and the gain.
 Modules: `dsp` (oscillators, wavetables, events, noise, filters),
 `background` (factory backgrounds), `family` (the protocol and shared
 helpers), `dataset` (argument checks, seeding, the writer), `registry`,
-`errors`, one or more per family, and `proxy` (two cheap detectors' AUC per
+one or more per family, and `proxy` (two cheap detectors' AUC per
 fault kind: ``python -m training.synth.proxy fan``), which checks that the
 faults stay subtle. Imports run one way: dsp <- background, family, rotor <-
 the families, scene <- registry <- dataset <- this module; none imports the CLI.
 """
 
 from __future__ import annotations
+
+from training.errors import SynthError
 
 from .dataset import (
     ANOMALY_KINDS_FILE,
@@ -40,7 +42,6 @@ from .dataset import (
     parse_snr,
     render_clip,
 )
-from .errors import SynthError
 from .registry import MACHINES
 from .slider_motion import ANOMALY_KINDS
 

@@ -90,7 +90,7 @@ def _hum(
 def factory_background(bg: FactoryNoise, rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     """The slide rail's factory noise, float32, shape (n,), unit RMS before the impacts."""
     noise = noise_from_shape(rng, _factory_shape(bg, n, sr), n)
-    out = noise + _hum(bg.hum_hz, bg.hum_amps, bg.hum_db, rng, n, sr)
+    out: np.ndarray = noise + _hum(bg.hum_hz, bg.hum_amps, bg.hum_db, rng, n, sr)
     out *= np.float32(1.0 / math.sqrt(1.0 + db(bg.hum_db) ** 2))
 
     # Distant impacts: dull, decaying thuds at random times.
@@ -156,7 +156,7 @@ class Surroundings:
 def noise_floor_shape(bg: Surroundings, n: int, sr: int) -> np.ndarray:
     """Power spectrum of the noise floor at the n-sample rfft bins, float64, sums to 1."""
     f = np.fft.rfftfreq(n, 1.0 / sr)
-    power = bg.brown / (1.0 + (f / bg.brown_hz) ** 2) + bg.pink / (1.0 + f / bg.pink_hz) + 1e-4
+    power: np.ndarray = bg.brown / (1.0 + (f / bg.brown_hz) ** 2) + bg.pink / (1.0 + f / bg.pink_hz) + 1e-4
     power *= 10.0 ** (bg.tilt * np.log2(np.maximum(f, 1000.0) / 1000.0) / 10.0)
     power /= 1.0 + (f / (0.45 * sr)) ** 8
     power[0] = 0.0

@@ -10,11 +10,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import soundfile as sf
 
-from .errors import SynthError
+from training.errors import SynthError
+
 from .family import MachineModel, Rendered, Snr
 from .registry import machine_model
 
@@ -56,7 +58,9 @@ def parse_snr(text: str) -> Snr:
         values = []
     if len(values) not in (1, 2) or len(values) != len(parts):
         raise SynthError(f"SNR must be a number of dB such as 6 or a range such as -6:6, got {text!r}")
-    return check_snr(values[0] if len(values) == 1 else (values[0], values[1]))
+    snr = check_snr(values[0] if len(values) == 1 else (values[0], values[1]))
+    assert snr is not None  # only None itself checks as None
+    return snr
 
 
 def check_snr(snr_db: object) -> Snr | None:
@@ -91,12 +95,17 @@ def _check_anomaly(model: MachineModel, machine_type: str, anomaly: object) -> N
         raise SynthError(f"unknown anomaly kind {anomaly!r} for {machine_type}; supported: {supported}")
 
 
-def _is_int(x: object) -> bool:
+# numbers.Integral and numbers.Real also hold numpy's scalars, which compute as int and float do.
+def _is_int(x: object) -> TypeGuard[int]:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def _is_real(x: object) -> TypeGuard[float]:
+    return isinstance(x, numbers.Real)
+
+
 def _check_audio_args(duration: object, sample_rate: object) -> None:
-    if not (isinstance(duration, numbers.Real) and math.isfinite(duration) and duration > 0):
+    if not (_is_real(duration) and math.isfinite(duration) and duration > 0):
         raise SynthError(f"duration must be a positive number of seconds, got {duration!r}")
     if not _is_int(sample_rate) or sample_rate < 8000:
         raise SynthError(f"sample_rate must be an integer of at least 8000 Hz, got {sample_rate!r}")
@@ -186,7 +195,7 @@ def clip_seed(
 
 
 def generate_dataset(
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
     machine_type: str = "slider",
     ids: Sequence[str] = ("00", "02", "04", "06"),
@@ -227,8 +236,8 @@ def generate_dataset(
     if not ids or len(set(ids)) != len(ids):
         raise SynthError(f"ids must name at least one machine ID, each once, got {ids}")
     kinds = tuple(model.anomaly_kinds if anomaly_kinds is None else anomaly_kinds)
-    for kind in kinds:
-        _check_anomaly(model, machine_type, kind)
+    for requested in kinds:
+        _check_anomaly(model, machine_type, requested)
     if not kinds or len(set(kinds)) != len(kinds):
         raise SynthError(f"anomaly_kinds must name at least one kind, each once, got {kinds}")
     for name, count in (

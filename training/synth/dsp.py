@@ -34,7 +34,7 @@ def rms(x: np.ndarray) -> float:
 
 def db(level_db: float) -> float:
     """Amplitude ratio of a level in dB."""
-    return 10.0 ** (level_db / 20.0)
+    return float(10.0 ** (level_db / 20.0))
 
 
 def wavetable(amps: np.ndarray, phases: np.ndarray, *, bits: int = TABLE_BITS) -> np.ndarray:
@@ -88,7 +88,7 @@ def audio_phase(phase_c: np.ndarray, hop: int, n: int) -> np.ndarray:
     """
     base = ((phase_c - np.floor(phase_c)) * 2.0**32).astype(np.uint64).astype(np.uint32)
     inc = np.round(np.diff(phase_c) * (2.0**32 / hop)).astype(np.int64).astype(np.uint32)
-    out = base[:-1, None] + inc[:, None] * np.arange(hop, dtype=np.uint32)[None, :]
+    out: np.ndarray = base[:-1, None] + inc[:, None] * np.arange(hop, dtype=np.uint32)[None, :]
     return out.ravel()[:n]
 
 
@@ -104,7 +104,8 @@ def boxcar(x: np.ndarray, width: int) -> np.ndarray:
         return x
     padded = np.concatenate([np.zeros(1), np.full(width // 2, x[0]), x, np.full(width - width // 2, x[-1])])
     c = np.cumsum(padded)
-    return (c[width:] - c[:-width])[: x.size] / width
+    mean: np.ndarray = (c[width:] - c[:-width])[: x.size] / width
+    return mean
 
 
 def upsample(x_c: np.ndarray, hop: int, n: int) -> np.ndarray:
@@ -113,7 +114,8 @@ def upsample(x_c: np.ndarray, hop: int, n: int) -> np.ndarray:
     if hop == 1:
         return x_c[:n].copy()
     ramp = np.arange(hop, dtype=np.float32) / np.float32(hop)
-    return (x_c[:-1, None] + np.diff(x_c)[:, None] * ramp[None, :]).ravel()[:n]
+    steps: np.ndarray = x_c[:-1, None] + np.diff(x_c)[:, None] * ramp[None, :]
+    return steps.ravel()[:n]
 
 
 def smooth_noise(rng: np.random.Generator, size: int, width: int) -> np.ndarray:
@@ -126,11 +128,16 @@ def crossings(phase_c: np.ndarray, hop: int) -> np.ndarray:
     """Fractional sample positions where a non-decreasing control-rate phase passes an integer."""
     whole = np.floor(phase_c)
     j = np.flatnonzero(whole[1:] > whole[:-1])
-    return (j + (whole[j + 1] - phase_c[j]) / (phase_c[j + 1] - phase_c[j])) * hop
+    at: np.ndarray = (j + (whole[j + 1] - phase_c[j]) / (phase_c[j + 1] - phase_c[j])) * hop
+    return at
 
 
 def ringing(
-    sr: int, freqs: Sequence[float], decays_s: Sequence[float], gains: Sequence[float], length_s: float
+    sr: int,
+    freqs: Sequence[float] | np.ndarray,
+    decays_s: Sequence[float] | np.ndarray,
+    gains: Sequence[float] | np.ndarray,
+    length_s: float,
 ) -> np.ndarray:
     """Struck modes: a sum of exponentially decaying sines, peak 1, shape (round(length_s * sr),)."""
     t = np.arange(max(1, round(length_s * sr))) / sr
@@ -154,7 +161,8 @@ def place_events(n: int, at: np.ndarray, amp: np.ndarray, kernel: np.ndarray) ->
     train = np.zeros(n + 1)
     np.add.at(train, whole, amp * (1 - frac))
     np.add.at(train, whole + 1, amp * frac)
-    return signal.oaconvolve(train[:n], kernel)[:n].astype(np.float32)
+    events: np.ndarray = signal.oaconvolve(train[:n], kernel)[:n].astype(np.float32)
+    return events
 
 
 @lru_cache(maxsize=64)
@@ -168,7 +176,7 @@ def noise_spectrum(rng: np.random.Generator, shape: np.ndarray) -> np.ndarray:
     """The rfft of Gaussian noise of amplitude spectrum `shape` (float32, shape (m,)); complex64, (m,)."""
     # White Gaussian noise drawn directly as its spectrum saves an FFT.
     re_im = rng.standard_normal((2, shape.size), dtype=np.float32)
-    spec = (re_im[0] + 1j * re_im[1]).astype(np.complex64)
+    spec: np.ndarray = (re_im[0] + 1j * re_im[1]).astype(np.complex64)
     spec *= shape * np.float32(math.sqrt(0.5))
     return spec
 
@@ -184,7 +192,8 @@ def noise_from_shape(rng: np.random.Generator, shape: np.ndarray, n: int) -> np.
 def unit_shape(power: np.ndarray, n: int) -> np.ndarray:
     """Amplitude spectrum, float32 like `power` (shape (n // 2 + 1,)), for `noise_from_shape` of unit RMS."""
     # irfft of unit complex Gaussian bins scaled by this has unit variance.
-    return np.sqrt(power * (n**2 / (2 * power.sum()))).astype(np.float32)
+    amplitude: np.ndarray = np.sqrt(power * (n**2 / (2 * power.sum()))).astype(np.float32)
+    return amplitude
 
 
 def log_bump(f: np.ndarray, centre_hz: float, width_oct: float) -> np.ndarray:
@@ -198,7 +207,8 @@ def burst(rng: np.random.Generator, *, tau_s: float, cutoff_hz: float, sr: int) 
     x = rng.standard_normal(length) * np.exp(-np.arange(length) / (tau_s * sr))
     pole = math.exp(-2 * math.pi * cutoff_hz / sr)
     x = signal.lfilter([(1 - pole) ** 2], [1.0, -2 * pole, pole * pole], x)
-    return x / (np.max(np.abs(x)) or 1.0)
+    peaked: np.ndarray = x / (np.max(np.abs(x)) or 1.0)
+    return peaked
 
 
 def scatter_events(n: int, at: np.ndarray, amp: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -222,4 +232,5 @@ def scatter_events(n: int, at: np.ndarray, amp: np.ndarray, kernel: np.ndarray) 
 
 def noise32(rng: np.random.Generator, shape: np.ndarray, n: int) -> np.ndarray:
     """`noise_from_shape` in single precision throughout (the newer families); float32, shape (n,)."""
-    return scipy.fft.irfft(noise_spectrum(rng, shape), n)
+    noise: np.ndarray = scipy.fft.irfft(noise_spectrum(rng, shape), n)
+    return noise

@@ -77,6 +77,12 @@ def clip_snr(snr: Snr, seq: np.random.SeedSequence) -> float:
     return float(snr)
 
 
+def fault_rng(arng: np.random.Generator | None) -> np.random.Generator:
+    """The fault's own random stream, which every clip with a fault is given (`SoundFn`)."""
+    assert arng is not None, "a clip with a fault draws it from its own random stream"
+    return arng
+
+
 class SoundFn(Protocol):
     """A family's own sound: the normal machine times `scale`, plus the fault; float32, shape (n,).
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import rotor as rt
 from .dsp import control_hop, db, log_bump, noise32, smooth_noise, unit_shape, upsample
-from .family import SourceFamily, id_rng, strength
+from .family import SourceFamily, fault_rng, id_rng, strength
 
 FAN_KINDS: tuple[str, ...] = ("imbalance", "blade_damage", "clogging", "bearing")
 
@@ -147,7 +147,9 @@ def fan_sound(
     normal = ch.rotor.coefficients(k_max)
     c = normal
     if anomaly == "blade_damage":
-        c = normal + rt.blade_defect(ch.rotor, k_max, arng, change=strength(STRENGTH, "blade_damage", s))
+        c = normal + rt.blade_defect(
+            ch.rotor, k_max, fault_rng(arng), change=strength(STRENGTH, "blade_damage", s)
+        )
     breathing = 1.0 + ch.rotor.breathing * smooth_noise(rng, size, max(1, round(0.3 * sr / hop)))
     tones = rt.tones(rt.series_table(c, normal), shaft, hop, n) * upsample(breathing, hop, n)
 
@@ -160,26 +162,26 @@ def fan_sound(
     flow_gain = 1.0
     if anomaly == "clogging":
         flow_gain = db(strength(STRENGTH, "clogging_flow", s))
-    machine = tones * np.float32(tone_gain) + flow * np.float32(flow_gain)
+    machine: np.ndarray = tones * np.float32(tone_gain) + flow * np.float32(flow_gain)
     machine *= np.float32(1.0 / math.sqrt(1.0 + tone_gain**2))
     machine += hum
     machine *= np.float32(scale)
 
     if anomaly == "clogging":
-        whistle = noise32(arng, _whistle_shape(ch, n, sr), n)
+        whistle = noise32(fault_rng(arng), _whistle_shape(ch, n, sr), n)
         machine += whistle * np.float32(db(strength(STRENGTH, "clogging_whistle", s)))
     elif anomaly == "imbalance":
         machine = rt.imbalance(
             machine,
             shaft,
             hop,
-            arng,
+            fault_rng(arng),
             depth=strength(STRENGTH, "imbalance", s),
             tone_level=math.sqrt(2) * db(strength(STRENGTH, "imbalance_tone", s)),
         )
     elif anomaly == "bearing":
         peak = db(strength(STRENGTH, "bearing", s))
-        machine += rt.bearing(ch.rotor, rate, shaft, hop=hop, n=n, rng=arng, peak=peak, sr=sr)
+        machine += rt.bearing(ch.rotor, rate, shaft, hop=hop, n=n, rng=fault_rng(arng), peak=peak, sr=sr)
     return machine
 
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.errors import SynthError
+
 from .dataset import SAMPLE_RATE, clip_seed
-from .errors import SynthError
 from .registry import machine_model
 
 

@@ -45,7 +45,7 @@ from .dsp import (
     unit_shape,
     upsample,
 )
-from .family import SourceFamily, id_rng, strength
+from .family import SourceFamily, fault_rng, id_rng, strength
 
 PUMP_KINDS: tuple[str, ...] = ("imbalance", "clogging", "bearing", "cavitation", "leakage")
 
@@ -171,7 +171,9 @@ def pump_sound(
     normal = ch.rotor.coefficients(k_max)
     c, pulsation = normal, ch.pulsation
     if anomaly == "clogging":
-        c = normal + rt.blade_defect(ch.rotor, k_max, arng, change=strength(STRENGTH, "clogging", s))
+        c = normal + rt.blade_defect(
+            ch.rotor, k_max, fault_rng(arng), change=strength(STRENGTH, "clogging", s)
+        )
         pulsation += strength(STRENGTH, "clogging_pulsation", s)
     breathing = 1.0 + ch.rotor.breathing * smooth_noise(rng, size, max(1, round(0.3 * sr / hop)))
     tones = rt.tones(rt.series_table(c, normal), shaft, hop, n) * upsample(breathing, hop, n)
@@ -193,7 +195,7 @@ def pump_sound(
 
     tone_gain = db(ch.tone_db)
     flow_gain = db(strength(STRENGTH, "clogging_flow", s)) if anomaly == "clogging" else 1.0
-    machine = tones * np.float32(tone_gain) + fluid * np.float32(flow_gain)
+    machine: np.ndarray = tones * np.float32(tone_gain) + fluid * np.float32(flow_gain)
     machine *= np.float32(1.0 / math.sqrt(1.0 + tone_gain**2))
     machine += hum + slot
     machine *= np.float32(scale)
@@ -203,18 +205,21 @@ def pump_sound(
             machine,
             shaft,
             hop,
-            arng,
+            fault_rng(arng),
             depth=strength(STRENGTH, "imbalance", s),
             tone_level=math.sqrt(2) * db(strength(STRENGTH, "imbalance_tone", s)),
         )
     elif anomaly == "bearing":
         peak = db(strength(STRENGTH, "bearing", s))
-        machine += rt.bearing(ch.rotor, rate, shaft, hop=hop, n=n, rng=arng, peak=peak, sr=sr)
+        machine += rt.bearing(ch.rotor, rate, shaft, hop=hop, n=n, rng=fault_rng(arng), peak=peak, sr=sr)
     elif anomaly == "cavitation":
-        machine += _cavitation(ch, shaft, hop, n, arng, sr, level=db(strength(STRENGTH, "cavitation", s)))
+        machine += _cavitation(
+            ch, shaft, hop, n, fault_rng(arng), sr, level=db(strength(STRENGTH, "cavitation", s))
+        )
     elif anomaly == "leakage":
-        hiss = noise32(arng, leak_shape, n)
-        wander = 1.0 + 0.1 * smooth_noise(arng, size, max(1, round(0.5 * sr / hop)))
+        frng = fault_rng(arng)
+        hiss = noise32(frng, leak_shape, n)
+        wander = 1.0 + 0.1 * smooth_noise(frng, size, max(1, round(0.5 * sr / hop)))
         machine += hiss * upsample(wander, hop, n) * np.float32(db(strength(STRENGTH, "leakage", s)))
     return machine
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .errors import SynthError
+from training.errors import SynthError
+
 from .family import MachineModel
 from .fan import FAN
 from .pump import PUMP

@@ -94,7 +94,8 @@ class Rotor:
     def envelope(self, k: np.ndarray) -> np.ndarray:
         """The blade-pass series' level at shaft harmonics `k` (fractional blade harmonics k / blades)."""
         m = np.arange(1, self.blade_amps.size + 1)
-        return np.interp(k / self.blades, m, self.blade_amps, right=0.0)
+        level: np.ndarray = np.interp(k / self.blades, m, self.blade_amps, right=0.0)
+        return level
 
 
 def harmonic_count(rotor: Rotor, top_hz: float, sr: int) -> int:
@@ -181,7 +182,8 @@ def imbalance(
     am = 1.0 + depth * np.cos(2 * np.pi * (shaft_phase_c + offset))
     one_x = oscillator(SINE, audio_phase(shaft_phase_c + offset, hop, n))
     two_x = oscillator(SINE, audio_phase(2.0 * shaft_phase_c + rng.uniform(), hop, n))
-    return machine * upsample(am, hop, n) + np.float32(tone_level) * (one_x + 0.4 * two_x)
+    modulated: np.ndarray = machine * upsample(am, hop, n) + np.float32(tone_level) * (one_x + 0.4 * two_x)
+    return modulated
 
 
 def bearing(

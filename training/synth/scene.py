@@ -98,7 +98,8 @@ def _impulse_response(ac: Acoustics, rng: np.random.Generator, sr: int, *, direc
     tail[taps] += rng.uniform(0.2, 0.6, 5) * rng.choice([-1.0, 1.0], 5) * np.sqrt(np.sum(tail**2))
     tail *= 1.0 / (np.sqrt(np.sum(tail**2)) * db(direct_db))
     tail[0] += 1.0
-    return tail / np.sqrt(np.sum(tail**2))
+    response: np.ndarray = tail / np.sqrt(np.sum(tail**2))
+    return response
 
 
 def _mic(ac: Acoustics, f: np.ndarray, sr: int) -> np.ndarray:
@@ -110,7 +111,8 @@ def _mic(ac: Acoustics, f: np.ndarray, sr: int) -> np.ndarray:
     mag *= (f / ac.mic_cut_hz) ** 2 / (1.0 + (f / ac.mic_cut_hz) ** 2)
     mag /= np.sqrt(1.0 + (f / min(ac.mic_top_hz, 0.45 * sr)) ** 8)
     band = (f >= 50.0) & (f <= 0.45 * sr)
-    return mag / np.sqrt(np.mean(mag[band] ** 2))
+    normalised: np.ndarray = mag / np.sqrt(np.mean(mag[band] ** 2))
+    return normalised
 
 
 @lru_cache(maxsize=32)

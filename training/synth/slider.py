@@ -94,7 +94,7 @@ def _structure_response(machine_id: str, n: int, sr: int) -> np.ndarray:
     ch = slider_character(machine_id)
     f = np.fft.rfftfreq(n, 1.0 / sr)
     b, a = signal.butter(2, ch.radiation_hz, btype="highpass", fs=sr)
-    response = ch.direct_gain * signal.freqz(b, a, worN=f, fs=sr)[1]
+    response: np.ndarray = ch.direct_gain * signal.freqz(b, a, worN=f, fs=sr)[1]
     for f0, q, g in zip(ch.res_hz, ch.res_q, ch.res_gain, strict=True):
         if f0 < 0.45 * sr:
             b, a = signal.iirpeak(f0, q, fs=sr)

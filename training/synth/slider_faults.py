@@ -38,19 +38,20 @@ def _dent(
     # faster the carriage moves.
     where = rng.uniform(0.15, 0.85) * ch.stroke_m
     spacing = rng.uniform(0.03, 0.08)
-    at = []
+    per_block: list[np.ndarray] = []
     for offset in (-spacing / 2, spacing / 2):
         p = m.position + offset
         j = np.flatnonzero((p[:-1] > where) != (p[1:] > where))
-        at.append((j + (where - p[j]) / (p[j + 1] - p[j])) * m.hop)
-    at = np.concatenate(at)
+        per_block.append((j + (where - p[j]) / (p[j + 1] - p[j])) * m.hop)
+    at = np.concatenate(per_block)
     speed = np.interp(at / m.hop, np.arange(m.speed.size), m.speed)
     # The impact rings the stiff roller and its axle: high modes of their own.
     freqs = np.exp(rng.uniform(math.log(2500.0), math.log(min(7500.0, 0.46 * sr)), 3))
     kernel = ringing(sr, freqs, rng.uniform(0.01, 0.03, 3), rng.uniform(0.5, 1.0, 3), 0.12)
     kernel[:8] += rng.uniform(-1.0, 1.0, 8)
     amp = speed / ch.v_fwd * rng.uniform(0.8, 1.2, at.size) * db(fault_strength("dent", s))
-    return machine + place_events(machine.size, at, amp, kernel)
+    struck: np.ndarray = machine + place_events(machine.size, at, amp, kernel)
+    return struck
 
 
 _SQUEAL_TABLE = wavetable(np.array([1.0, 0.3]), np.array([0.0, 1.0]))
@@ -70,7 +71,8 @@ def _squeal(
     sliding = np.clip((m.speed / ch.v_fwd - 0.2) * 3.0, 0.0, 1.0)
     sticking = np.clip(0.6 + 0.8 * smooth_noise(rng, t_c.size, max(1, round(0.15 * sr / hop))), 0.0, 1.0)
     env = upsample(sliding * sticking * db(fault_strength("squeal", s)), hop, n)
-    return machine + oscillator(_SQUEAL_TABLE, tone) * env
+    squealing: np.ndarray = machine + oscillator(_SQUEAL_TABLE, tone) * env
+    return squealing
 
 
 def _loose_belt(
@@ -91,7 +93,8 @@ def _loose_belt(
     at = np.concatenate([at, m.starts])
     kernel = ringing(sr, [ch.belt_rattle_hz, 2.3 * ch.belt_rattle_hz], [0.03, 0.012], [1.0, 0.4], 0.15)
     rattle = place_events(n, at, amp * db(fault_strength("loose_belt", s)), kernel)
-    return machine * upsample(flutter, hop, n) + rattle
+    slapping: np.ndarray = machine * upsample(flutter, hop, n) + rattle
+    return slapping
 
 
 def _stall(
@@ -105,7 +108,8 @@ def _stall(
     buzz_table = wavetable(np.array([1.0, 0.5, 0.25]), rng.uniform(0, 2 * np.pi, 3))
     buzz = oscillator(buzz_table, tone_phase(0.5 * ch.steps_per_m * m.cruise_v, n, sr, rng.uniform()))
     held = upsample(m.holding, hop, n) * np.float32(db(fault_strength("stall", s)))
-    return machine + (whine + buzz) * held
+    stalled: np.ndarray = machine + (whine + buzz) * held
+    return stalled
 
 
 def _bearing(
@@ -120,7 +124,8 @@ def _bearing(
     amp = (speed / ch.v_fwd) ** 1.5 * rng.lognormal(0.0, 0.2, at.size) * db(fault_strength("bearing", s))
     f_ring = rng.uniform(min(3500.0, 0.4 * sr), min(7000.0, 0.44 * sr))
     kernel = ringing(sr, [f_ring, f_ring * 1.37], [0.003, 0.002], [1.0, 0.6], 0.02)
-    return machine + place_events(machine.size, at, amp, kernel)
+    struck: np.ndarray = machine + place_events(machine.size, at, amp, kernel)
+    return struck
 
 
 FAULTS: dict[str, Callable[..., np.ndarray]] = {

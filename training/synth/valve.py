@@ -38,7 +38,7 @@ from .dsp import (
     unit_shape,
     upsample,
 )
-from .family import SourceFamily, id_rng, strength
+from .family import SourceFamily, fault_rng, id_rng, strength
 from .rotor import motor_hum
 
 VALVE_KINDS: tuple[str, ...] = ("leak", "sticking", "contamination")
@@ -142,7 +142,8 @@ def _click(
     weights = np.append(gains, 0.8) * np.exp(0.15 * jitter[2])
     kernel = ringing(sr, freqs, decays, weights, _KERNEL_S)
     kernel[: max(1, sr // 4000)] += 0.8  # the contact itself: a few samples of broadband impact
-    return kernel / np.max(np.abs(kernel))
+    peaked: np.ndarray = kernel / np.max(np.abs(kernel))
+    return peaked
 
 
 def _schedule(ch: ValveCharacter, rng: np.random.Generator, duration: float) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +216,7 @@ def valve_sound(
     shift = damping = 0.0
     if anomaly == "sticking":
         opens, closes, weak_open, weak_close, kept = _stick(
-            opens, closes, arng, strength(STRENGTH, "sticking", s)
+            opens, closes, fault_rng(arng), strength(STRENGTH, "sticking", s)
         )
         weak = (weak_open, weak_close)
     elif anomaly == "contamination":
@@ -226,7 +227,7 @@ def valve_sound(
     open_click = _click(ch, ch.open_gains, jitter[0], sr, shift=shift, damping=damping)
     close_click = _click(ch, ch.close_gains, jitter[1], sr, shift=shift, damping=damping) * db(ch.close_db)
     if anomaly == "contamination":
-        crunch = arng.standard_normal(round(0.004 * sr)) * np.exp(
+        crunch = fault_rng(arng).standard_normal(round(0.004 * sr)) * np.exp(
             -np.arange(round(0.004 * sr)) / (0.001 * sr)
         )
         open_click[: crunch.size] += 0.3 * s * crunch
@@ -247,22 +248,23 @@ def valve_sound(
     )[round(lead) :]
 
     gate = _gate(opens, closes, size, hop, sr, ch.ramp_s)
-    machine = clicks + hiss * upsample(gate * flutter * db(ch.hiss_db), hop, n)
+    machine: np.ndarray = clicks + hiss * upsample(gate * flutter * db(ch.hiss_db), hop, n)
     if buzz is not None:
         machine += buzz * upsample(gate, hop, n)
     machine *= np.float32(scale)
 
     if anomaly == "leak":
-        leak = noise32(arng, leak_shape, n)
+        leak = noise32(fault_rng(arng), leak_shape, n)
         level = db(ch.hiss_db) * db(strength(STRENGTH, "leak", s)) * scale
         machine += leak * upsample((1.0 - gate) * flutter * level, hop, n)
     elif anomaly == "contamination":
+        frng = fault_rng(arng)
         open_t = np.flatnonzero(gate > 0.5) * (hop / sr)
-        count = int(arng.poisson(arng.uniform(30.0, 100.0) * open_t.size * hop / sr))
-        at = arng.choice(open_t, count) * sr if open_t.size else np.zeros(0)
-        grain = ringing(sr, [min(arng.uniform(5000.0, 7500.0), 0.45 * sr)], [0.0008], [1.0], 0.006)
+        count = int(frng.poisson(frng.uniform(30.0, 100.0) * open_t.size * hop / sr))
+        at = frng.choice(open_t, count) * sr if open_t.size else np.zeros(0)
+        grain = ringing(sr, [min(frng.uniform(5000.0, 7500.0), 0.45 * sr)], [0.0008], [1.0], 0.006)
         peak = db(strength(STRENGTH, "contamination_rattle", s)) * scale
-        machine += scatter_events(n, at, peak * arng.lognormal(0.0, 0.5, count), grain)
+        machine += scatter_events(n, at, peak * frng.lognormal(0.0, 0.5, count), grain)
     return machine.astype(np.float32, copy=False)
 
 

@@ -1,0 +1,107 @@
+"""`FitOptions`: everything `asd-train fit` can be told, the per-architecture defaults and their checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from service.audio import Channel
+from service.bundle import Pooling
+from service.features import FeatureParams
+from service.scorers import check_pooling
+from training.dataset import Arch
+from training.errors import DatasetError
+from training.model import CaeConfig
+from training.threshold import quantile_for
+
+# Per-architecture defaults; the measurements behind them are in models/README.md.
+# cae: 8-frame patches without overlap and 8 epochs of batch 64, the best of an ablation over patch
+# width, code size and decoder order; short patches keep brief events (clicks, impacts) from being
+# averaged away, and 8 epochs keep `fit` of the reference set within minutes ("Training speed").
+# dense: the DCASE 2020 baseline's 5 frames, hop 1 and batch 512, its 100 epochs cut to 20 (the
+# validation loss flattens long before).
+ARCH_DEFAULTS: dict[str, dict[str, int]] = {
+    "cae": {"frames": 8, "patch_hop": 8, "batch_size": 64, "epochs": 8},
+    "dense": {"frames": 5, "patch_hop": 1, "batch_size": 512, "epochs": 20},
+}
+
+CalibrationMode = Literal["auto", "cross-fit", "holdout"]
+ScorerChoice = Literal["cae", "cae+envelope"]
+# `auto` cross-fits while the smallest machine ID has fewer clips than this: a
+# 10 % holdout would leave each ID too few calibration clips for a threshold it
+# can trust (models/README.md, "Calibration"), and k + 1 fits of a few hundred
+# clips stay within minutes. From here on, one fit with a holdout.
+CROSS_FIT_BELOW = 250
+DEFAULT_FOLDS = 5
+MIN_FIT_CLIPS = 10
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Everything `fit` can be told; None means the architecture's default (`ARCH_DEFAULTS`)."""
+
+    machine_type: str = "slider"
+    ids: tuple[str, ...] | None = None
+    arch: Arch = "cae"
+    frames: int | None = None
+    patch_hop: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.1
+    patience: int = 5
+    false_alarm_rate: float | None = None
+    channel: Channel = 0
+    learning_rate: float = 1e-3
+    cae: CaeConfig = field(default_factory=CaeConfig)
+    features: FeatureParams = field(default_factory=FeatureParams)
+    calibration: CalibrationMode = "auto"
+    folds: int = DEFAULT_FOLDS
+    # How patch errors become the clip score, and whether the envelope scorer joins the CAE.
+    pooling: Pooling = "mean"
+    pooling_param: float | None = None  # None: the pooling's default (service.scorers)
+    scorer: ScorerChoice = "cae"
+    workers: int = 2
+    progress: bool = True
+
+    @property
+    def fused(self) -> bool:
+        return self.scorer == "cae+envelope"
+
+    def resolved(self) -> FitOptions:
+        """A copy with every None default filled in for `arch`, validated."""
+        if self.arch not in ARCH_DEFAULTS:
+            raise DatasetError(f"unknown architecture {self.arch!r}; choose cae or dense")
+        defaults = ARCH_DEFAULTS[self.arch]
+        if self.scorer not in ("cae", "cae+envelope"):
+            raise DatasetError(f"unknown scorer {self.scorer!r}; choose cae or cae+envelope")
+        try:
+            pooling_param = check_pooling(self.pooling, self.pooling_param)
+        except ValueError as error:
+            raise DatasetError(f"--pooling {self.pooling}: {error}") from None
+        done = replace(
+            self,
+            frames=defaults["frames"] if self.frames is None else self.frames,
+            patch_hop=defaults["patch_hop"] if self.patch_hop is None else self.patch_hop,
+            epochs=defaults["epochs"] if self.epochs is None else self.epochs,
+            batch_size=defaults["batch_size"] if self.batch_size is None else self.batch_size,
+            pooling_param=pooling_param,
+        )
+        for name in ("frames", "patch_hop", "epochs", "batch_size"):
+            if getattr(done, name) <= 0:
+                raise DatasetError(f"{name.replace('_', '-')} must be positive, got {getattr(done, name)}")
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise DatasetError(f"learning-rate must be a positive number, got {self.learning_rate}")
+        if self.patience < 0:
+            raise DatasetError(f"patience must be >= 0, got {self.patience}")
+        if self.calibration not in ("auto", "cross-fit", "holdout"):
+            raise DatasetError(f"unknown calibration {self.calibration!r}; choose auto, cross-fit or holdout")
+        if self.folds < 2:
+            raise DatasetError(f"folds must be at least 2, got {self.folds}")
+        quantile_for(self.false_alarm_rate)  # validates the rate now, not after training
+        if self.arch == "cae":
+            assert done.frames is not None  # filled in above
+            self.cae.check(n_mels=self.features.n_mels, frames=done.frames)
+        return done
