@@ -27,7 +27,7 @@ $(VENV)/.serve-installed: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e ".[train]" --group dev
+	$(PIP) -e ".[train,watch]" --group dev
 	touch $@ $(VENV)/.serve-installed
 
 install: $(VENV)/.serve-installed
@@ -64,7 +64,7 @@ docker-smoke:
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service
+	$(BIN)/mypy service training bench watcher
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 

@@ -17,9 +17,19 @@ from typing import Any, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.errors import UnknownMachineIdError
 from service.features import FeatureParams, mel_filterbank, pack_filters, unpack_filters
 from service.inputcheck import Fingerprint
 from service.scorers import check_pooling
+
+
+def normalize_machine_id(raw: str) -> str:
+    """ "06", "6" and "id_06" are one machine: IDs are two-digit strings, as training writes them."""
+    text = raw.strip().removeprefix("id_")
+    if not text.isdecimal():
+        raise UnknownMachineIdError(f"machine IDs are numbers such as 06, 6 or id_06, got {raw!r}")
+    return f"{int(text):02d}"
+
 
 # 2 added per-ID thresholds, false-alarm curves, calibration history and the
 # input fingerprint; every addition is optional, so format 1 folders still load.

@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("ASD_HOST", "HOST"))
     port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("ASD_PORT", "PORT"))
     workers: PositiveInt = Field(1, description="uvicorn worker processes.")
+    reload_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Rescan the models folder this often and swap in what changed (as POST /v1/models/reload "
+            "does); unset: only on request."
+        ),
+    )
     worker_healthcheck_timeout_s: PositiveInt = Field(
         30,
         description=(

@@ -68,6 +68,12 @@ class Score:
     `components` holds each scorer's raw score (the CAE's pooled error, the
     envelope distance) and `scoring_id` the machine ID whose entry scored the
     clip (None: the model-wide one).
+
+    `error_map`, when asked for, is the squared error per mel bin and frame,
+    shape (n_mels, t_covered): each frame's mean over the patches that cover
+    it, for frames 0 to the end of the last patch (a tail shorter than a hop
+    has none; frames between patches, when the hop is longer than a patch,
+    are 0). `log_mel` is then the clip's log-mel in dB, shape (n_mels, t).
     """
 
     score: float
@@ -79,6 +85,8 @@ class Score:
     patch_scores: np.ndarray | None = None
     components: dict[str, float] | None = None
     scoring_id: str | None = None
+    error_map: np.ndarray | None = None
+    log_mel: np.ndarray | None = None
 
     @property
     def segment_values(self) -> np.ndarray:
@@ -253,7 +261,14 @@ class Detector:
         ]
         return np.concatenate(parts, axis=0)
 
-    def score(self, samples: np.ndarray, *, per_bin: bool = False, machine_id: str | None = None) -> Score:
+    def score(
+        self,
+        samples: np.ndarray,
+        *,
+        per_bin: bool = False,
+        machine_id: str | None = None,
+        error_map: bool = False,
+    ) -> Score:
         """Anomaly score of a mono waveform at the model's sample rate.
 
         By default the score is the mean squared reconstruction error over
@@ -264,7 +279,9 @@ class Detector:
         frequencies the score comes from). `machine_id` (normalised, e.g.
         "06") selects that ID's envelope model and standardisation in a fused
         bundle; None, or an ID without its own entry, uses the model-wide
-        ones. Bundles without fusion ignore it.
+        ones. Bundles without fusion ignore it. `error_map` also keeps the
+        error per mel bin and frame and the log-mel (for a picture of where
+        the error lies); it costs a copy of the spectrogram.
         """
         if samples.size < self.min_samples:
             need = self.min_samples / self.params.sample_rate
@@ -272,6 +289,8 @@ class Detector:
             raise ClipTooShortError(f"audio is {have:.3f} s long; this model needs at least {need:.3f} s")
         spec = self.log_mel(samples)
         band_db = spec.mean(axis=1, dtype=np.float64)
+        # standardise works in place: the map keeps the dB values.
+        spec_db = spec.copy() if error_map else None
         batch, starts = self.model_inputs(self.standardise(spec))
         recon = self.reconstruct(batch)
         if recon.shape == batch.shape and recon.dtype == batch.dtype and recon.flags.writeable:
@@ -279,8 +298,8 @@ class Detector:
         else:
             squared = np.square(batch - recon)
         errors = np.mean(squared.reshape(len(batch), -1), axis=1)
-        bins = None
-        if per_bin:
+        bins = frame_errors = None
+        if per_bin or error_map:
             n_mels = self.params.n_mels
             # CAE patches are (mels, frames, 1); dense ones frame-major (frames * mels).
             by_mel = (
@@ -288,7 +307,10 @@ class Detector:
                 if self.bundle.model.arch == "cae"
                 else (squared.reshape(len(batch), -1, n_mels).transpose(0, 2, 1))
             )
-            bins = by_mel.mean(axis=(0, 2), dtype=np.float64)
+            if per_bin:
+                bins = by_mel.mean(axis=(0, 2), dtype=np.float64)
+            if error_map:
+                frame_errors = _overlap_mean(by_mel, hop=self.hop)
         seconds_per_frame = self.params.hop_length / self.params.sample_rate
         duration = samples.size / self.params.sample_rate
         start = starts * seconds_per_frame
@@ -301,6 +323,8 @@ class Detector:
                 patch_end=end,
                 bin_errors=bins,
                 band_db=band_db,
+                error_map=frame_errors,
+                log_mel=spec_db,
             )
         combined = self.combine(errors, band_db, machine_id=machine_id)
         return Score(
@@ -313,6 +337,8 @@ class Detector:
             patch_scores=combined.patch_scores,
             components=combined.components,
             scoring_id=combined.scoring_id,
+            error_map=frame_errors,
+            log_mel=spec_db,
         )
 
     def score_file(
@@ -398,6 +424,26 @@ def check_finite(scored: Score) -> Score:
     if not np.isfinite(scored.patch_errors).all():
         raise InvalidAudioError("the audio gives no finite anomaly score: samples far beyond full scale?")
     return scored
+
+
+def _overlap_mean(by_mel: np.ndarray, *, hop: int) -> np.ndarray:
+    """Per (mel, frame) mean of patch errors (n_patches, n_mels, frames) over the patches covering each frame.
+
+    Patches start every `hop` frames from frame 0 (`features.frame_windows`). Returns shape
+    (n_mels, (n_patches - 1) * hop + frames), float32; a frame no patch covers is 0.
+    """
+    n_patches, n_mels, frames = by_mel.shape
+    if hop == frames:  # side by side (the CAE's patching): no frame is shared
+        return np.ascontiguousarray(by_mel.transpose(1, 0, 2).reshape(n_mels, n_patches * frames))
+    total = np.zeros((n_mels, (n_patches - 1) * hop + frames), dtype=np.float32)
+    count = np.zeros(total.shape[1], dtype=np.float32)
+    last = (n_patches - 1) * hop + 1
+    for offset in range(frames):
+        total[:, offset : offset + last : hop] += by_mel[:, :, offset].T
+        count[offset : offset + last : hop] += 1
+    # A hop longer than the patch leaves frames no patch covers: they stay 0.
+    np.divide(total, count, out=total, where=count > 0)
+    return total
 
 
 def _entries(scoring: Scoring | None) -> dict[str | None, _Entry]:

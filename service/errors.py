@@ -14,6 +14,7 @@
     │       └── AudioTooLongError           longer than the caller's maximum
     ├── FeatureError                        parameters or a signal log-mel cannot take (ValueError)
     ├── DetectorError                       a detector folder that cannot be served
+    │   └── ReloadInProgressError           a reload asked for while another one runs
     └── ThresholdChoiceError                no threshold for the machine ID or rate    (ValueError)
         ├── UnknownMachineIdError           an ID the model was not trained on
         └── FalseAlarmRateUnavailableError  the fit gives no threshold for the rate
@@ -87,6 +88,10 @@ class FeatureError(ServiceError, ValueError):
 
 class DetectorError(ServiceError):
     """A detector folder that cannot be served (missing files, hash or shape mismatch)."""
+
+
+class ReloadInProgressError(DetectorError):
+    """A reload of the models folder was asked for while another one runs (the API answers 409)."""
 
 
 class ThresholdChoiceError(ServiceError, ValueError):

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from service import __version__
 from service.config import Settings
 from service.logs import configure_logging, uvicorn_log_config
+from service.reload import POLL_S, SIGNAL_ENV, ReloadSignal
 
 # The app's modules (FastAPI, numpy, onnxruntime, ...) are imported in
 # `create_app`, not here: `asd-serve` with several workers runs `run()` in a
@@ -56,13 +58,14 @@ TAGS = [
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing heavy happens until its lifespan starts (models load then)."""
     import anyio
-    from fastapi import FastAPI
-    from fastapi.responses import RedirectResponse
+    from fastapi_offline import FastAPIOffline
 
+    from service.api.docs import DOCS_STATIC, install_redoc
     from service.api.errors import install_error_handlers
     from service.api.main import api_router
     from service.api.middleware import RequestContextMiddleware
     from service.api.openapi import install_openapi
+    from service.api.page import install_page
     from service.metrics import ServiceMetrics
     from service.registry import Registry
     from service.uploads import BodySizeLimitMiddleware
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
     registry = Registry(settings.models_dir, intra_op_threads=settings.intra_op_threads)
+    reload_signal = ReloadSignal.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -92,11 +96,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # /ready (503) while the models load, instead of refusing connections.
         async with anyio.create_task_group() as group:
             group.start_soon(_load_models, registry, metrics)
+            if reload_signal.path is not None or settings.reload_interval_s:
+                group.start_soon(
+                    _watch_for_reloads, registry, metrics, reload_signal, settings.reload_interval_s
+                )
             yield
             group.cancel_scope.cancel()
         logger.info("service stopped")
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI's and ReDoc's files (and a favicon) from the service
+    # itself: they work on a network without internet access.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC,
+        redoc_url=None,  # install_redoc's page, for its Content-Security-Policy
         title="Machine sound anomaly detection",
         version=__version__,
         description=DESCRIPTION,
@@ -108,15 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.reload_signal = reload_signal
     install_error_handlers(app)
     app.include_router(api_router)
-
-    # response_model=None: FastAPI then leaves the return annotation alone, which it could not
-    # resolve (RedirectResponse is imported here, not at module level).
-    @app.get("/", include_in_schema=False, response_class=RedirectResponse, response_model=None)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    install_page(app)
+    install_redoc(app)
     install_openapi(app)
 
     # Added last = outermost: the request context wraps the size limit, so a
@@ -136,15 +144,37 @@ async def _load_models(registry: Registry, metrics: ServiceMetrics) -> None:
         # Registry.load already isolates each folder; this is a bug net so
         # the lifespan (and the process) keeps running and /ready says why.
         logger.exception("loading the models failed")
-    metrics.models.labels("ready").set(len(registry.ready_names()))
-    metrics.models.labels("broken").set(len(registry.broken_names()))
-    for name in registry.ready_names():
-        entry = registry.models[name]
-        if entry.detector is not None:
-            threshold = entry.detector.bundle.threshold
-            metrics.threshold.labels(name).set(entry.detector.threshold)
-            for machine_id, fit in (threshold.per_id or {}).items():
-                metrics.id_threshold.labels(name, machine_id).set(fit.value)
+    from service.api.deps import publish_models
+
+    publish_models(registry, metrics)
+
+
+async def _watch_for_reloads(
+    registry: Registry, metrics: ServiceMetrics, signal: ReloadSignal, interval_s: float | None
+) -> None:
+    """Reload when another worker did, or every `interval_s` (ASD_RELOAD_INTERVAL_S)."""
+    import anyio
+
+    from service.api.deps import publish_models
+    from service.errors import ReloadInProgressError
+
+    next_scan = time.monotonic() + interval_s if interval_s else None
+    while True:
+        await anyio.sleep(POLL_S)
+        due = next_scan is not None and time.monotonic() >= next_scan
+        if not registry.loaded or not (signal.changed() or due):
+            continue
+        if interval_s:
+            next_scan = time.monotonic() + interval_s
+        try:
+            report = await anyio.to_thread.run_sync(registry.reload, abandon_on_cancel=True)
+        except ReloadInProgressError:
+            continue  # a request's reload runs: it does the same
+        except Exception:
+            logger.exception("reloading the models failed")  # the loaded models keep serving
+            continue
+        if report.changed:
+            publish_models(registry, metrics)
 
 
 def run() -> None:
@@ -155,6 +185,7 @@ def run() -> None:
         raise SystemExit(f"invalid configuration:\n{error}") from None
     if settings.workers > 1:
         _share_metrics_between_workers()
+        _share_reload_signal()
     import uvicorn  # only the entry point needs it; tests build the app without it
 
     uvicorn.run(
@@ -179,6 +210,15 @@ def _share_metrics_between_workers() -> None:
         return
     folder = tempfile.mkdtemp(prefix="asd-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+def _share_reload_signal() -> None:
+    # The workers' common file for "reload now" (service.reload), made before they start.
+    if os.environ.get(SIGNAL_ENV):
+        return
+    folder = tempfile.mkdtemp(prefix="asd-reload-")
+    os.environ[SIGNAL_ENV] = os.path.join(folder, "reload")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 

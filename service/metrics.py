@@ -35,6 +35,10 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+# The `machine` label of a clip scored without a machine ID or an allowed machine name.
+NO_MACHINE = "unspecified"
+
+
 class ServiceMetrics:
     """All metrics the service records, registered in one registry."""
 
@@ -48,6 +52,8 @@ class ServiceMetrics:
             platform_collector.PlatformCollector(registry=self.registry)
             gc_collector.GCCollector(registry=self.registry)
         registry = self.registry
+        # The label sets `service.api.deps.publish_models` last set, per gauge: what a reload retires.
+        self.published: dict[Gauge, set[tuple[str, ...]]] = {}
         self.requests = Counter(
             "asd_http_requests_total",
             "HTTP requests by route template, method and status.",
@@ -70,28 +76,28 @@ class ServiceMetrics:
         )
         self.decisions = Counter(
             "asd_decisions_total",
-            "Scored clips by model and decision.",
-            ["model", "decision"],
+            "Scored clips by model, machine and decision.",
+            ["model", "machine", "decision"],
             registry=registry,
         )
         self.ratio = Histogram(
             "asd_score_ratio",
-            "Anomaly score divided by the model's threshold, per scored clip.",
-            ["model"],
+            "Anomaly score divided by the threshold it was decided with, per scored clip.",
+            ["model", "machine"],
             buckets=RATIO_BUCKETS,
             registry=registry,
         )
         self.input_checks = Counter(
             "asd_input_checks_total",
-            "Scored clips by model and input check status (ok, warning, unchecked).",
-            ["model", "status"],
+            "Scored clips by model, machine and input check status (ok, warning, unchecked).",
+            ["model", "machine", "status"],
             registry=registry,
         )
         # A clip can have several findings: this counts findings, the one above clips.
         self.input_findings = Counter(
             "asd_input_findings_total",
-            "Input check findings (the clip unlike the training audio) by model and finding code.",
-            ["model", "code"],
+            "Input check findings (the clip unlike the training audio) by model, machine and code.",
+            ["model", "machine", "code"],
             registry=registry,
         )
         self.scoring_errors = Counter(
@@ -105,6 +111,20 @@ class ServiceMetrics:
             "asd_models",
             "Models found in the models folder, by status (ready or broken).",
             ["status"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.false_alarm_rate = Gauge(
+            "asd_model_false_alarm_rate",
+            "The share of normal clips each ready model's calibrated threshold is meant to flag.",
+            ["model"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.calibrated = Gauge(
+            "asd_model_calibrated_timestamp_seconds",
+            "When each ready model's threshold was last fitted (training or on-site recalibration).",
+            ["model"],
             multiprocess_mode="max",
             registry=registry,
         )

@@ -15,7 +15,13 @@ model keeps serving what was loaded even if its `model.onnx` or
 loaded model; when a stat changed it hashes them again, and a model whose
 files no longer match what was loaded becomes `stale` (still serving the
 loaded copy, with the reason), and `ready` again if the same bytes come
-back. A restart loads what is on disk then. Nothing is reloaded in place.
+back.
+
+`reload()` (POST /v1/models/reload, or every ASD_RELOAD_INTERVAL_S) rescans the
+folder: new folders load, changed ones load anew and replace the old entry in
+one assignment (requests in flight keep the detector they hold and finish on
+the old session), removed ones unload, and a new version that fails to load
+is reported without taking the serving copy down.
 """
 
 from __future__ import annotations
@@ -33,11 +39,27 @@ import numpy as np
 
 from service.bundle import MODEL_FILE, THRESHOLD_FILE, Bundle, sha256_of
 from service.detector import Detector
-from service.errors import DetectorError
+from service.errors import DetectorError, ReloadInProgressError
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What one `reload()` changed, by model name."""
+
+    added: list[str]
+    replaced: list[str]
+    removed: list[str]
+    unchanged: list[str]
+    broken: list[str]  # failed to load; a serving copy of the same name, if any, keeps serving
+    duration_ms: float
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.removed or self.broken)
 
 
 class LoadState(StrEnum):
@@ -97,7 +119,9 @@ class Registry:
         self.problem: str | None = None
         self.check_interval_s = check_interval_s
         self._loaded = threading.Event()
+        # check_files and reload both write self.models: one at a time.
         self._check_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self._last_check = time.monotonic()
 
     @property
@@ -219,6 +243,69 @@ class Registry:
         )
         return ModelEntry(folder.name, ModelStatus.READY, detector, detector.bundle, None, load_ms, files)
 
+    # --- reloading in place ------------------------------------------------------------------
+
+    def reload(self) -> ReloadReport:
+        """Rescan the models folder and swap in what changed; blocking (run it in a thread).
+
+        Raises `ReloadInProgressError` when another reload runs.
+        """
+        if not self._reload_lock.acquire(blocking=False):
+            raise ReloadInProgressError("a reload is already running; try again when it has finished")
+        try:
+            with self._check_lock:  # no file check may write the old dict meanwhile
+                return self._reload()
+        finally:
+            self._reload_lock.release()
+
+    def _reload(self) -> ReloadReport:
+        started = time.perf_counter()
+        self.problem = None
+        current = self.models
+        found = {folder.name: folder for folder in self._candidates()}
+        models: dict[str, ModelEntry] = {}
+        added, replaced, unchanged, broken = [], [], [], []
+        for name, folder in found.items():
+            old = current.get(name)
+            if old is not None and old.serving and _same_files(old):
+                models[name] = old
+                unchanged.append(name)
+                continue
+            entry = self._load_one(folder)
+            if entry.status is ModelStatus.BROKEN:
+                broken.append(name)
+                if old is not None and old.serving:
+                    # The new version is broken: the loaded one keeps serving, and says why.
+                    entry = replace(
+                        old,
+                        status=ModelStatus.STALE,
+                        error=f"the files on disk do not load ({entry.error}); the loaded copy keeps serving",
+                    )
+            elif old is None:
+                added.append(name)
+            else:
+                replaced.append(name)
+            models[name] = entry
+        removed = sorted(set(current) - set(found))
+        self.models = models  # one assignment: a request sees the old set or the new one
+        self.state = LoadState.LOADED
+        self._loaded.set()
+        report = ReloadReport(
+            added, replaced, removed, unchanged, broken, round((time.perf_counter() - started) * 1000, 1)
+        )
+        logger.info(
+            "models reloaded",
+            extra={
+                "models_dir": str(self.models_dir),
+                "added": added,
+                "replaced": replaced,
+                "removed": removed,
+                "broken": broken,
+                "duration_ms": report.duration_ms,
+            },
+        )
+        return report
+
     # --- files changed under the running service ---------------------------------------------
 
     def check_due(self) -> bool:
@@ -248,6 +335,19 @@ class Registry:
         finally:
             self._last_check = time.monotonic()
             self._check_lock.release()
+
+
+def _same_files(entry: ModelEntry) -> bool:
+    """Whether a loaded model's files on disk are still the bytes it was loaded from."""
+    files = entry.files
+    if files is None:
+        return False
+    if tuple(_stamp(p) for p in files.paths) == files.stamps:
+        return True
+    try:
+        return tuple(sha256_of(p) for p in files.paths) == files.digests
+    except OSError:
+        return False
 
 
 def _model_files(folder: Path, bundle: Bundle | None = None) -> tuple[Path, ...]:

@@ -227,6 +227,26 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
+class ReloadFailure(BaseModel):
+    name: str
+    error: str | None = Field(description="Why the folder did not load.")
+    serving: bool = Field(description="Whether an earlier version of this model keeps serving.")
+
+
+class ReloadResult(BaseModel):
+    """What a rescan of the models folder changed in the worker that answered."""
+
+    added: list[str] = Field(description="New folders, now serving.")
+    replaced: list[str] = Field(description="Changed folders, the new version now serving.")
+    removed: list[str] = Field(description="Folders gone from the models folder, no longer served.")
+    unchanged: list[str]
+    broken: list[ReloadFailure] = Field(description="Folders that did not load.")
+    duration_ms: float
+    other_workers: bool = Field(
+        description="Whether other worker processes were told to rescan too (ASD_WORKERS > 1)."
+    )
+
+
 class ClipInfo(BaseModel):
     filename: str | None = None
     duration_s: float = Field(description="Length of the uploaded audio.")
@@ -249,6 +269,50 @@ class Segment(BaseModel):
     ratio: float = Field(description="score / threshold; above 1 this part alone looks anomalous.")
     n_patches: int
     worst: bool = Field(description="The segment with the highest score.")
+
+
+Detail = Literal["none", "map"]
+
+
+class MapRegion(BaseModel):
+    """A rectangle of the error map: rows `row_start` to `row_end`, columns `column_start` to `column_end`.
+
+    Ends are exclusive; about a second wide and an eighth of the mel rows high.
+    """
+
+    row_start: int
+    row_end: int
+    column_start: int
+    column_end: int
+    start_s: float
+    end_s: float
+    low_hz: float = Field(description="Centre frequency of the region's lowest row.")
+    high_hz: float = Field(description="Centre frequency of the region's highest row.")
+    error: float = Field(description="Mean squared error over the region.")
+
+
+class ErrorMap(BaseModel):
+    """The clip's log-mel and reconstruction error per mel band and time, as block means on a small grid.
+
+    Both grids are `n_rows` lists (mel bands, low to high frequency) of `n_columns` values (time),
+    errors to 3 significant digits, levels to 0.1 dB; at most 64 x 128 cells. They cover the frames the
+    patches cover.
+    """
+
+    n_rows: int
+    n_columns: int
+    row_hz: list[float] = Field(description="Centre frequency of each row in Hz (mean of its mel bands').")
+    column_edges_s: list[float] = Field(
+        description="Start of each column in seconds, and the end of the last: n_columns + 1 values."
+    )
+    log_mel_db: list[list[float]] = Field(description="Log-mel level in dB, before standardisation.")
+    errors: list[list[float]] = Field(
+        description=(
+            "Squared reconstruction error of the standardised log-mel, each frame's mean over the "
+            "patches that cover it: the numbers the score averages."
+        )
+    )
+    worst: MapRegion = Field(description="The region with the highest mean error.")
 
 
 class ScoreResult(BaseModel):
@@ -348,6 +412,9 @@ class ScoreResult(BaseModel):
     worst_segment: int = Field(description="Index of the segment with the highest score.")
     n_patches: int
     processing_ms: float = Field(description="Decode, features and inference time.")
+    map: ErrorMap | None = Field(
+        None, description="The log-mel and error map (`detail=map`); null unless asked for."
+    )
 
 
 class BatchScored(BaseModel):

@@ -16,11 +16,12 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from service.audio import Channel, read_audio
-from service.bundle import Bundle
+from service.bundle import Bundle, normalize_machine_id
 from service.detector import Detector, Score, check_finite
+from service.errormap import error_map
 from service.errors import FalseAlarmRateUnavailableError, ThresholdChoiceError, UnknownMachineIdError
 from service.inputcheck import CheckLimits, InputCheck, check, clip_stats
-from service.schemas import ClipInfo, ScoreResult, Segment
+from service.schemas import ClipInfo, Detail, ScoreResult, Segment
 
 __all__ = [
     "ChosenThreshold",
@@ -46,14 +47,6 @@ class ChosenThreshold:
     scope: ThresholdScope
     machine_id: str | None
     false_alarm_rate: float
-
-
-def normalize_machine_id(raw: str) -> str:
-    """ "06", "6" and "id_06" are one machine: IDs are two-digit strings, as training writes them."""
-    text = raw.strip().removeprefix("id_")
-    if not text.isdecimal():
-        raise UnknownMachineIdError(f"machine IDs are numbers such as 06, 6 or id_06, got {raw!r}")
-    return f"{int(text):02d}"
 
 
 def choose_threshold(
@@ -101,11 +94,12 @@ def score_upload(
     segment_seconds: float = 1.0,
     threshold: ChosenThreshold | None = None,
     limits: CheckLimits | None = None,
+    detail: Detail = "none",
 ) -> ScoreResult:
     """The API answer for one clip; raises an `AudioError` for unusable audio.
 
     `threshold` defaults to the model-wide calibrated one (`choose_threshold`), `limits` to
-    `CheckLimits()`.
+    `CheckLimits()`; `detail="map"` adds the log-mel and error map (`service.errormap`).
     """
     started = time.perf_counter()
     chosen = threshold if threshold is not None else choose_threshold(detector.bundle)
@@ -119,7 +113,8 @@ def score_upload(
         max_seconds=max_seconds,
     )
     # A NaN score would answer score null and decision "normal".
-    scored = check_finite(detector.score(clip.samples, machine_id=chosen.machine_id))
+    with_map = detail == "map"
+    scored = check_finite(detector.score(clip.samples, machine_id=chosen.machine_id, error_map=with_map))
     checked = input_check(
         detector, clip.samples, scored, machine_id=chosen.machine_id, limits=limits or CheckLimits()
     )
@@ -156,6 +151,9 @@ def score_upload(
         segments=segments,
         worst_segment=next(s.index for s in segments if s.worst),
         n_patches=int(scored.patch_errors.size),
+        map=error_map(scored, mel_hz=detector.mel_hz, seconds_per_frame=detector.params.hop_length / rate)
+        if with_map
+        else None,
         processing_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 

@@ -349,8 +349,33 @@ def compose_file() -> dict:
 
 def compose_service() -> dict:
     services = compose_file()["services"]
-    assert len(services) == 1, f"expected the one service, got {list(services)}"
-    return next(iter(services.values()))
+    # Everything beside the service is opt-in: `docker compose up` starts `asd` alone.
+    assert [name for name, s in services.items() if not s.get("profiles")] == ["asd"], list(services)
+    return services["asd"]
+
+
+MONITORING = ("prometheus", "alertmanager", "grafana")
+
+
+def test_compose_monitoring_profile_mounts_the_deploy_files_read_only():
+    services = compose_file()["services"]
+    for name in MONITORING:
+        service = services[name]
+        assert service["profiles"] == ["monitoring"], name
+        assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), name
+        binds = [v for v in service["volumes"] if str(v).startswith("./")]
+        assert binds, name
+        for bind in binds:
+            source, mode = str(bind).split(":")[0], str(bind).rsplit(":", 1)[-1]
+            assert mode == "ro", f"{name} mounts {bind} writable"
+            assert (REPO / source).exists(), f"{name} mounts {source}, which the repository does not have"
+    prometheus = (REPO / "deploy/prometheus/prometheus.yml").read_text(encoding="utf-8")
+    assert '"asd:8000"' in prometheus and "alertmanager:9093" in prometheus
+    named = set(compose_file()["volumes"])
+    for name in MONITORING:
+        for volume in services[name]["volumes"]:
+            if not str(volume).startswith("./"):
+                assert str(volume).split(":")[0] in named, volume
 
 
 def test_compose_publishes_on_localhost_only():

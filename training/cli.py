@@ -226,7 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_explore_arguments(explore)
     explore.set_defaults(handler=run_explore)
+
+    from service.archive import add_arguments as add_score_arguments
+
+    score = sub.add_parser(
+        "score", help="score an archive of recordings with an exported detector into a CSV (= asd-score)"
+    )
+    add_score_arguments(score)
+    score.set_defaults(handler=lambda args: _score(args, score))
     return parser
+
+
+def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from service.archive import run_args
+
+    return run_args(args, parser)
 
 
 def _synth(args: argparse.Namespace) -> None:

@@ -13,12 +13,14 @@ from typing import Annotated, cast
 import anyio
 from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import Gauge
 
 from service.api.errors import ApiError
 from service.audio import Channel
 from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.registry import ModelEntry, Registry
+from service.schemas import Detail
 from service.scoring import normalize_machine_id
 
 # auto_error=False: a missing key is our 401 in our error shape, and only when a key is set.
@@ -90,6 +92,45 @@ def count_models(registry: Registry, metrics: ServiceMetrics) -> None:
     metrics.models.labels("ready").set(len(registry.ready_names()))
     metrics.models.labels("stale").set(len(registry.stale_names()))
     metrics.models.labels("broken").set(len(registry.broken_names()))
+
+
+def publish_models(registry: Registry, metrics: ServiceMetrics) -> None:
+    """Every per-model gauge from what serves now: after the first load and after each reload."""
+    count_models(registry, metrics)
+    series: dict[Gauge, set[tuple[str, ...]]] = {
+        metrics.threshold: set(),
+        metrics.false_alarm_rate: set(),
+        metrics.calibrated: set(),
+        metrics.id_threshold: set(),
+    }
+    for name in registry.serving_names():
+        entry = registry.models[name]
+        if entry.detector is None:
+            continue
+        bundle = entry.detector.bundle
+        threshold = bundle.threshold
+        history = threshold.calibration_history
+        fitted = history[-1].at if history else bundle.training.trained_at
+        values: list[tuple[Gauge, tuple[str, ...], float]] = [
+            (metrics.threshold, (name,), entry.detector.threshold),
+            (metrics.false_alarm_rate, (name,), threshold.target_false_alarm_rate),
+            (metrics.calibrated, (name,), fitted.timestamp()),
+        ]
+        values += [
+            (metrics.id_threshold, (name, mid), fit.value) for mid, fit in (threshold.per_id or {}).items()
+        ]
+        for gauge, labels, value in values:
+            gauge.labels(*labels).set(value)
+            series[gauge].add(labels)
+    # A model a reload unloaded must not keep its series. prometheus_client cannot remove a series
+    # in multiprocess mode: there it reads NaN, which no alert or panel takes for a number.
+    for gauge, now in series.items():
+        for labels in metrics.published.get(gauge, set()) - now:
+            if metrics.multiprocess:
+                gauge.labels(*labels).set(float("nan"))
+            else:
+                gauge.remove(*labels)
+        metrics.published[gauge] = now
 
 
 CheckedRegistryDep = Annotated[Registry, Depends(checked_registry)]
@@ -213,3 +254,21 @@ async def get_false_alarm_rate(
 
 MachineIdDep = Annotated[str | None, Depends(get_machine_id)]
 FalseAlarmRateDep = Annotated[float | None, Depends(get_false_alarm_rate)]
+
+
+async def get_detail(
+    detail: Annotated[
+        Detail,
+        Query(
+            description=(
+                "`map` adds `map` to the answer: the clip's log-mel (dB) and squared reconstruction error "
+                "per mel band and time, block means on a grid of at most 64 x 128, with the worst region "
+                "marked (about 100 kB of JSON for a 10 s clip). `none`, the default, leaves it out."
+            ),
+        ),
+    ] = "none",
+) -> Detail:
+    return detail
+
+
+DetailDep = Annotated[Detail, Depends(get_detail)]

@@ -168,6 +168,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such model.",
         408: "The request body stalled (no byte for a minute); the connection is closed.",
         413: "The request body is larger than the upload limit.",
+        409: "Another reload of the models is running.",
         415: "A Content-Type the endpoint cannot take.",
         422: "Invalid parameters, a clip too short for one patch or longer than the limit, no such channel.",
         503: "Models are still loading, or the model is broken.",

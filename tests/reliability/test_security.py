@@ -42,7 +42,12 @@ OPEN_ROUTES = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
     ("GET", "/"),
+    # Static files: Swagger UI and ReDoc, and the operator page's HTML, CSS and JS.
+    ("GET", "/static-offline-docs/{path}"),
+    ("GET", "/static/{path}"),
 }
+# A file each static mount serves, to show it answers without the key.
+STATIC_EXAMPLES = {"/static-offline-docs/{path}": "favicon.png", "/static/{path}": "page.css"}
 
 
 def all_routes(app) -> list[tuple[str, str]]:
@@ -53,8 +58,15 @@ def all_routes(app) -> list[tuple[str, str]]:
         contexts = app.routes
     else:
         contexts = list(iter_route_contexts(app.routes))
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
     found = []
     for route in contexts:
+        mounted = getattr(route, "route", route)
+        if isinstance(mounted, Mount) and isinstance(mounted.app, StaticFiles):
+            found.append(("GET", f"{mounted.path}/{{path}}"))
+            continue
         path, methods = getattr(route, "path", None), getattr(route, "methods", None)
         if path is None or methods is None:
             raise AssertionError(f"a route this test cannot see into: {route!r}")
@@ -98,7 +110,8 @@ def test_every_route_outside_the_open_list_refuses_a_missing_or_wrong_key(keyed)
         for headers in ({"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
             assert keyed.request(method, url, headers=headers).status_code != 401, (method, path)
     for method, path in open_now:
-        assert keyed.request(method, path, follow_redirects=False).status_code in (200, 307), path
+        url = path.replace("{path}", STATIC_EXAMPLES.get(path, ""))
+        assert keyed.request(method, url, follow_redirects=False).status_code in (200, 307), path
 
 
 def test_a_new_route_without_auth_would_fail_the_test(models_dir):

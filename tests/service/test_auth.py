@@ -56,7 +56,10 @@ def test_key_is_checked_before_anything_else(keyed):
     )
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics", "/docs", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path",
+    ["/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/", "/static/js/main.js"],
+)
 def test_open_routes_stay_open(keyed, path):
     assert keyed.get(path).status_code == 200
 

@@ -67,6 +67,7 @@ def test_run_starts_uvicorn_with_the_settings(monkeypatch):
     monkeypatch.setenv("ASD_WORKERS", "3")
     # Empty counts as unset for run(); setenv makes monkeypatch remove what run() sets.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.setenv("ASD_RELOAD_SIGNAL", "")
     service.main.run()
     ((args, kwargs),) = calls
     assert args == ("service.main:create_app",) and kwargs["factory"] is True
@@ -75,6 +76,8 @@ def test_run_starts_uvicorn_with_the_settings(monkeypatch):
     # Several workers share their metrics through a fresh folder.
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     assert Path(folder).is_dir() and not any(Path(folder).iterdir())
+    # ... and one file that tells them all to reload (service.reload).
+    assert Path(os.environ["ASD_RELOAD_SIGNAL"]).parent.is_dir()
 
 
 def test_run_refuses_a_bad_configuration(monkeypatch):

@@ -292,13 +292,23 @@ def test_metrics_count_input_checks_and_findings(models):
     with serve(make_settings(models, default_model="machine")) as app_client:
         for clip in (LOUD, LOUD, CLIP):
             score(app_client, clip=clip)
+        score(app_client, {"machine_id": "6"}, clip=LOUD)
         score(app_client, path="/v1/models/legacy/score")
         metrics = samples(app_client.get("/metrics").text)
-    assert value(metrics, "asd_input_findings_total", model="machine", code="level_offset") == 2
-    assert value(metrics, "asd_input_findings_total", model="machine", code="clipping") == 0
-    assert value(metrics, "asd_input_checks_total", model="machine", status="warning") == 2
-    assert value(metrics, "asd_input_checks_total", model="machine", status="ok") == 1
-    assert value(metrics, "asd_input_checks_total", model="legacy", status="unchecked") == 1
+    none = "unspecified"
+    assert value(metrics, "asd_input_findings_total", model="machine", machine=none, code="level_offset") == 2
+    assert value(metrics, "asd_input_findings_total", model="machine", machine=none, code="clipping") == 0
+    assert value(metrics, "asd_input_checks_total", model="machine", machine=none, status="warning") == 2
+    assert value(metrics, "asd_input_checks_total", model="machine", machine=none, status="ok") == 1
+    assert value(metrics, "asd_input_checks_total", model="legacy", machine=none, status="unchecked") == 1
+    # A clip scored with its machine ID counts in that machine's series (the ID normalised).
+    assert value(metrics, "asd_input_checks_total", model="machine", machine="06", status="warning") == 1
+    decided = sum(
+        value(metrics, "asd_decisions_total", model="machine", machine="06", decision=d)
+        for d in ("normal", "anomalous")
+    )
+    assert decided == 1
+    assert value(metrics, "asd_score_ratio_count", model="machine", machine="06") == 1
 
 
 def test_model_info_shows_each_ids_threshold_and_the_fingerprint(client, models):

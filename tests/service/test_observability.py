@@ -51,13 +51,16 @@ def test_metrics_count_requests_decisions_and_ratios(serve_with, real_recordings
     assert value(after, "asd_http_requests_total", method="POST", route=route, status="400") == 1
     assert value(after, "asd_http_requests_total", method="GET", route="<unmatched>", status="404") == 1
     assert value(after, "asd_http_request_duration_seconds_count", method="POST", route=route) == 3
-    assert value(after, "asd_decisions_total", model=DEFAULT_MODEL, decision=decisions[0]) == 2
-    assert value(after, "asd_score_ratio_count", model=DEFAULT_MODEL) == 2
-    assert value(after, "asd_score_ratio_sum", model=DEFAULT_MODEL) > 0
+    assert (
+        value(after, "asd_decisions_total", model=DEFAULT_MODEL, machine="unspecified", decision=decisions[0])
+        == 2
+    )
+    assert value(after, "asd_score_ratio_count", model=DEFAULT_MODEL, machine="unspecified") == 2
+    assert value(after, "asd_score_ratio_sum", model=DEFAULT_MODEL, machine="unspecified") > 0
     assert value(after, "asd_scoring_duration_seconds_count", model=DEFAULT_MODEL) == 2
     assert value(after, "asd_scoring_errors_total", model=DEFAULT_MODEL, code="undecodable_audio") == 1
     # The +Inf bucket holds every observation; the 1.0 bucket the normal decisions.
-    assert value(after, "asd_score_ratio_bucket", model=DEFAULT_MODEL, le="+Inf") == 2
+    assert value(after, "asd_score_ratio_bucket", model=DEFAULT_MODEL, machine="unspecified", le="+Inf") == 2
 
 
 def test_metrics_carry_each_machine_ids_own_threshold(client, models_dir):
@@ -68,6 +71,17 @@ def test_metrics_carry_each_machine_ids_own_threshold(client, models_dir):
         got = value(metrics, "asd_model_id_threshold", model=DEFAULT_MODEL, machine_id=machine_id)
         assert got == pytest.approx(fit.value)
     assert value(metrics, "asd_model_id_threshold", model=DEFAULT_MODEL, machine_id="07") == 0.0
+
+
+def test_metrics_carry_the_calibrated_rate_and_when_it_was_fitted(client, models_dir):
+    bundle = Bundle.read(models_dir / DEFAULT_MODEL)
+    metrics = samples(client.get("/metrics").text)
+    rate = value(metrics, "asd_model_false_alarm_rate", model=DEFAULT_MODEL)
+    assert rate == pytest.approx(bundle.threshold.target_false_alarm_rate) and 0 < rate < 1
+    history = bundle.threshold.calibration_history
+    fitted = history[-1].at if history else bundle.training.trained_at
+    when = value(metrics, "asd_model_calibrated_timestamp_seconds", model=DEFAULT_MODEL)
+    assert when == pytest.approx(fitted.timestamp()) and when > 1.6e9
 
 
 def _access_line(caplog, request_id: str) -> dict:

@@ -27,6 +27,7 @@ SCORE_KEYS = {
     "worst_segment",
     "n_patches",
     "processing_ms",
+    "map",
 }
 
 

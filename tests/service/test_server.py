@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,27 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import DEFAULT_MODEL
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, *, status: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            # A new connection each time: with two workers, either may answer.
-            last = httpx.get(url, timeout=5, headers={"Connection": "close"})
-            if last.status_code == status:
-                return
-        except httpx.TransportError as error:
-            last = error
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer {status} within {timeout} s: {last!r}")
+from tests.service.live import asd_serve
 
 
 def score_when_ready(base: str, path: Path, *, timeout: float = 60) -> httpx.Response:
@@ -54,55 +29,29 @@ def score_when_ready(base: str, path: Path, *, timeout: float = 60) -> httpx.Res
 
 
 def test_asd_serve_with_two_workers(models_dir, real_recordings, tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "ASD_MODELS_DIR": str(models_dir),
-        "ASD_WORKERS": "2",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-c", "from service.main import run; run()"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(f"{base}/health", status=200, timeout=60)
-            wait_for(f"{base}/ready", status=200, timeout=60)
-            clip = real_recordings / "mimii-8ch" / "slider_abnormal.wav"
-            first = score_when_ready(base, clip)
-            second = score_when_ready(base, clip)
-            assert first.status_code == second.status_code == 200, first.text
-            body = first.json()
-            assert body["model"] == DEFAULT_MODEL and body["decision"] in ("normal", "anomalous")
-            assert body["clip"]["channels"] == 8
-            assert second.json()["score"] == body["score"]  # either worker, same model, same answer
-            assert first.headers["x-request-id"]
-            assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
+    with asd_serve(models_dir, log, ASD_WORKERS="2") as base:
+        clip = real_recordings / "mimii-8ch" / "slider_abnormal.wav"
+        first = score_when_ready(base, clip)
+        second = score_when_ready(base, clip)
+        assert first.status_code == second.status_code == 200, first.text
+        body = first.json()
+        assert body["model"] == DEFAULT_MODEL and body["decision"] in ("normal", "anomalous")
+        assert body["clip"]["channels"] == 8
+        assert second.json()["score"] == body["score"]  # either worker, same model, same answer
+        assert first.headers["x-request-id"]
+        assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
 
-            # Multiprocess metrics: whichever worker answers shows both requests.
-            for _ in range(3):
-                text = httpx.get(f"{base}/metrics", timeout=5, headers={"Connection": "close"}).text
-                decided = sum(
-                    s.value
-                    for family in text_string_to_metric_families(text)
-                    for s in family.samples
-                    if s.name == "asd_decisions_total" and s.labels.get("model") == DEFAULT_MODEL
-                )
-                assert decided == 2
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
+        # Multiprocess metrics: whichever worker answers shows both requests.
+        for _ in range(3):
+            text = httpx.get(f"{base}/metrics", timeout=5, headers={"Connection": "close"}).text
+            decided = sum(
+                s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "asd_decisions_total" and s.labels.get("model") == DEFAULT_MODEL
+            )
+            assert decided == 2
     lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
     requests = [
         line for line in lines if line.get("message") == "request" and line.get("path") == "/v1/score"

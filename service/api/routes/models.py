@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import anyio
+from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import ModelDep, ReadyRegistryDep, SettingsDep, require_api_key
-from service.api.errors import error_responses
+from service.api.deps import (
+    MetricsDep,
+    ModelDep,
+    ReadyRegistryDep,
+    SettingsDep,
+    publish_models,
+    require_api_key,
+)
+from service.api.errors import ApiError, error_responses
 from service.api.openapi import DocstringRoute
+from service.errors import ReloadInProgressError
 from service.registry import ModelEntry
-from service.schemas import ModelInfo, ModelList, PatchingInfo, ScoringInfo
+from service.reload import ReloadSignal
+from service.schemas import ModelInfo, ModelList, PatchingInfo, ReloadFailure, ReloadResult, ScoringInfo
 
 router = APIRouter(
     route_class=DocstringRoute, prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)]
@@ -22,6 +32,36 @@ async def list_models(registry: ReadyRegistryDep, settings: SettingsDep) -> Mode
     return ModelList(
         default_model=settings.default_model,
         models=[describe(e, default=e.name == settings.default_model) for e in entries],
+    )
+
+
+@router.post("/reload", response_model=ReloadResult, responses=error_responses(401, 409, 503))
+async def reload_models(request: Request, registry: ReadyRegistryDep, metrics: MetricsDep) -> ReloadResult:
+    """Rescan the models folder: new folders load, changed ones load anew, removed ones unload.
+
+    A new or changed model replaces the old one in one step: requests already running finish on
+    the old version, none fails. A folder that does not load is listed in `broken`; if an earlier
+    version of it was serving, that version keeps serving (status `stale`, with the reason). With
+    several workers, every worker rescans (within half a second). One reload at a time: 409
+    `reload_in_progress` while another runs.
+    """
+    try:
+        report = await anyio.to_thread.run_sync(registry.reload)
+    except ReloadInProgressError as error:
+        raise ApiError(409, "reload_in_progress", str(error)) from None
+    publish_models(registry, metrics)
+    signal: ReloadSignal = request.app.state.reload_signal
+    return ReloadResult(
+        added=report.added,
+        replaced=report.replaced,
+        removed=report.removed,
+        unchanged=report.unchanged,
+        broken=[
+            ReloadFailure(name=name, error=registry.models[name].error, serving=registry.models[name].serving)
+            for name in report.broken
+        ],
+        duration_ms=report.duration_ms,
+        other_workers=signal.announce(),
     )
 
 

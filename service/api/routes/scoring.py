@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from service.api.deps import (
     ChannelDep,
     DefaultModelDep,
+    DetailDep,
     FalseAlarmRateDep,
     LimiterDep,
     MachineIdDep,
@@ -25,9 +26,9 @@ from service.audio import Channel
 from service.config import Settings
 from service.errors import AudioError, FeatureError, ThresholdChoiceError
 from service.inputcheck import CheckLimits
-from service.metrics import ServiceMetrics
+from service.metrics import NO_MACHINE, ServiceMetrics
 from service.registry import ModelEntry
-from service.schemas import BatchFailed, BatchResult, BatchScored, ScoreResult
+from service.schemas import BatchFailed, BatchResult, BatchScored, Detail, ScoreResult
 from service.scoring import ChosenThreshold, choose_threshold, score_upload
 from service.uploads import MULTIPART, RAW_AUDIO_TYPES, media_type, read_body
 
@@ -69,11 +70,12 @@ async def score_with_model(
     channel: ChannelDep,
     machine_id: MachineIdDep,
     false_alarm_rate: FalseAlarmRateDep,
+    detail: DetailDep,
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the named model."""
     chosen = _threshold(request, entry, machine_id, false_alarm_rate)
-    return await _score_request(request, entry, file, channel, chosen, settings, metrics, limiter)
+    return await _score_request(request, entry, file, channel, chosen, detail, settings, metrics, limiter)
 
 
 @router.post("/score", response_model=ScoreResult, responses=SCORE_ERRORS, openapi_extra=RAW_BODY_DOC)
@@ -86,11 +88,12 @@ async def score_with_default(
     channel: ChannelDep,
     machine_id: MachineIdDep,
     false_alarm_rate: FalseAlarmRateDep,
+    detail: DetailDep,
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the default model (ASD_DEFAULT_MODEL)."""
     chosen = _threshold(request, entry, machine_id, false_alarm_rate)
-    return await _score_request(request, entry, file, channel, chosen, settings, metrics, limiter)
+    return await _score_request(request, entry, file, channel, chosen, detail, settings, metrics, limiter)
 
 
 @router.post(
@@ -108,6 +111,7 @@ async def score_batch(
     channel: ChannelDep,
     machine_id: MachineIdDep,
     false_alarm_rate: FalseAlarmRateDep,
+    detail: DetailDep,
 ) -> BatchResult:
     """Score several clips (multipart field `files`); a file that fails gets its own error entry.
 
@@ -121,7 +125,15 @@ async def score_batch(
     for upload in files:
         try:
             result = await _score(
-                entry, _upload_source(upload), channel, upload.filename, chosen, settings, metrics, limiter
+                entry,
+                _upload_source(upload),
+                channel,
+                upload.filename,
+                chosen,
+                detail,
+                settings,
+                metrics,
+                limiter,
             )
         except ApiError as error:
             results.append(
@@ -163,6 +175,7 @@ async def _score_request(
     file: UploadFile | None,
     channel: Channel,
     chosen: ChosenThreshold,
+    detail: Detail,
     settings: Settings,
     metrics: ServiceMetrics,
     limiter: anyio.CapacityLimiter,
@@ -184,7 +197,7 @@ async def _score_request(
             f"Content-Type {kind or '(none)'!r} is not accepted: send multipart/form-data with a 'file' "
             f"field, or the audio as the body with one of {', '.join(sorted(RAW_AUDIO_TYPES))}",
         )
-    result = await _score(entry, source, channel, filename, chosen, settings, metrics, limiter)
+    result = await _score(entry, source, channel, filename, chosen, detail, settings, metrics, limiter)
     request.state.decision = result.decision
     return result
 
@@ -203,6 +216,7 @@ async def _score(
     channel: Channel,
     filename: str | None,
     chosen: ChosenThreshold,
+    detail: Detail,
     settings: Settings,
     metrics: ServiceMetrics,
     limiter: anyio.CapacityLimiter,
@@ -221,6 +235,7 @@ async def _score(
         segment_seconds=settings.segment_s,
         threshold=chosen,
         limits=CheckLimits(level_offset_db=settings.level_offset_db),
+        detail=detail,
     )
     try:
         result = await anyio.to_thread.run_sync(work, limiter=limiter)
@@ -232,9 +247,11 @@ async def _score(
         metrics.scoring_errors.labels(entry.name, "invalid_audio").inc()
         raise ApiError(400, "invalid_audio", str(error)) from None
     metrics.scoring_seconds.labels(entry.name).observe(result.processing_ms / 1000)
-    metrics.decisions.labels(entry.name, result.decision).inc()
-    metrics.ratio.labels(entry.name).observe(result.ratio)
-    metrics.input_checks.labels(entry.name, result.input_check.status).inc()
+    # Bounded: a machine ID the model does not know was refused before scoring.
+    machine = chosen.machine_id or NO_MACHINE
+    metrics.decisions.labels(entry.name, machine, result.decision).inc()
+    metrics.ratio.labels(entry.name, machine).observe(result.ratio)
+    metrics.input_checks.labels(entry.name, machine, result.input_check.status).inc()
     for finding in result.input_check.findings:
-        metrics.input_findings.labels(entry.name, finding.code).inc()
+        metrics.input_findings.labels(entry.name, machine, finding.code).inc()
     return result
