@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +58,9 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None
 
 
+_MACHINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; see the field descriptions or README for the variables."""
 
@@ -101,6 +105,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("ASD_HOST", "HOST"))
     port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("ASD_PORT", "PORT"))
     workers: PositiveInt = Field(1, description="uvicorn worker processes.")
+    machines: str = Field(
+        "",
+        description=(
+            "Comma-separated machine names the score endpoints' `machine` option may carry (a metrics "
+            "label for models without machine IDs); empty: the option is refused."
+        ),
+    )
     reload_interval_s: float | None = Field(
         None,
         gt=0,
@@ -116,6 +127,19 @@ class Settings(BaseSettings):
             "time; model loading can hold the GIL for seconds, so this is longer than uvicorn's 5 s."
         ),
     )
+
+    @field_validator("machines", mode="after")
+    @classmethod
+    def _machine_names(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        bad = [n for n in names if not _MACHINE_NAME.fullmatch(n)]
+        if bad:
+            raise ValueError(f"machine names are 1-64 letters, digits, '.', '_' or '-': not {', '.join(bad)}")
+        return ",".join(names)
+
+    @property
+    def machine_names(self) -> frozenset[str]:
+        return frozenset(n for n in self.machines.split(",") if n)
 
     @field_validator("log_level", mode="before")
     @classmethod

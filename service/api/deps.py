@@ -18,7 +18,7 @@ from prometheus_client import Gauge
 from service.api.errors import ApiError
 from service.audio import Channel
 from service.config import Settings
-from service.metrics import ServiceMetrics
+from service.metrics import NO_MACHINE, ServiceMetrics
 from service.registry import ModelEntry, Registry
 from service.schemas import Detail
 from service.scoring import normalize_machine_id
@@ -253,6 +253,34 @@ async def get_false_alarm_rate(
 
 
 MachineIdDep = Annotated[str | None, Depends(get_machine_id)]
+
+
+async def get_machine_label(
+    settings: SettingsDep,
+    machine_id: MachineIdDep,
+    machine: Annotated[
+        str | None,
+        Query(
+            description=(
+                "A name for the recording's machine in the metrics' `machine` label, for models without "
+                "machine IDs; one of ASD_MACHINES (others answer 422 `unknown_machine`). `machine_id`, "
+                "when given, is the label instead."
+            ),
+            max_length=64,
+            examples=["press-3"],
+        ),
+    ] = None,
+) -> str:
+    """The `machine` label of this request's metrics: bounded by the model's IDs or ASD_MACHINES."""
+    if machine is not None and machine not in settings.machine_names:
+        allowed = ", ".join(sorted(settings.machine_names)) or "none (ASD_MACHINES is empty)"
+        raise ApiError(
+            422, "unknown_machine", f"machine {machine!r} is not in ASD_MACHINES; allowed: {allowed}"
+        )
+    return machine_id or machine or NO_MACHINE
+
+
+MachineLabelDep = Annotated[str, Depends(get_machine_label)]
 FalseAlarmRateDep = Annotated[float | None, Depends(get_false_alarm_rate)]
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.conftest import DEFAULT_MODEL
+from tests.service.conftest import DEFAULT_MODEL, assert_error
 from tests.service.live import free_port, wait_for
 from tests.service.sounds import encode, noise
 
@@ -216,3 +216,35 @@ def test_a_real_prometheus_scrapes_the_service_and_loads_the_rules(models_dir, r
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def test_a_machine_name_from_the_allow_list_labels_the_series(serve_with) -> None:
+    clip = encode(noise(2.0))
+    with serve_with(machines="press-3, press-4") as client:
+        assert client.post("/v1/score?machine=press-3", files={"file": ("a.wav", clip)}).status_code == 200
+        refused = client.post("/v1/score?machine=press-9", files={"file": ("a.wav", clip)})
+        error = assert_error(refused, 422, "unknown_machine")
+        assert "press-3, press-4" in error["message"]
+        exported = text_string_to_metric_families(client.get("/metrics").text)
+        counted = {
+            (s.labels["machine"], s.labels["decision"]): s.value
+            for f in exported
+            for s in f.samples
+            if s.name == "asd_decisions_total"
+        }
+        assert sum(v for (m, _), v in counted.items() if m == "press-3") == 1
+        assert not any(m == "press-9" for m, _ in counted), "a refused name never becomes a series"
+    with serve_with() as client:
+        assert_error(
+            client.post("/v1/score?machine=press-3", files={"file": ("a.wav", clip)}), 422, "unknown_machine"
+        )
+
+
+@pytest.mark.parametrize("bad", ["a b", "../x", "-lead", "x" * 65])
+def test_machine_names_are_checked_at_start(bad: str) -> None:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    with pytest.raises(ValidationError, match="machine names"):
+        Settings(machines=f"ok,{bad}")

@@ -15,6 +15,7 @@ from service.api.deps import (
     FalseAlarmRateDep,
     LimiterDep,
     MachineIdDep,
+    MachineLabelDep,
     MetricsDep,
     ReadyModelDep,
     SettingsDep,
@@ -26,7 +27,7 @@ from service.audio import Channel
 from service.config import Settings
 from service.errors import AudioError, FeatureError, ThresholdChoiceError
 from service.inputcheck import CheckLimits
-from service.metrics import NO_MACHINE, ServiceMetrics
+from service.metrics import ServiceMetrics
 from service.registry import ModelEntry
 from service.schemas import BatchFailed, BatchResult, BatchScored, Detail, ScoreResult
 from service.scoring import ChosenThreshold, choose_threshold, score_upload
@@ -69,13 +70,16 @@ async def score_with_model(
     limiter: LimiterDep,
     channel: ChannelDep,
     machine_id: MachineIdDep,
+    machine: MachineLabelDep,
     false_alarm_rate: FalseAlarmRateDep,
     detail: DetailDep,
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the named model."""
     chosen = _threshold(request, entry, machine_id, false_alarm_rate)
-    return await _score_request(request, entry, file, channel, chosen, detail, settings, metrics, limiter)
+    return await _score_request(
+        request, entry, file, channel, chosen, machine, detail, settings, metrics, limiter
+    )
 
 
 @router.post("/score", response_model=ScoreResult, responses=SCORE_ERRORS, openapi_extra=RAW_BODY_DOC)
@@ -87,13 +91,16 @@ async def score_with_default(
     limiter: LimiterDep,
     channel: ChannelDep,
     machine_id: MachineIdDep,
+    machine: MachineLabelDep,
     false_alarm_rate: FalseAlarmRateDep,
     detail: DetailDep,
     file: FileParam = None,
 ) -> ScoreResult:
     """Score one clip with the default model (ASD_DEFAULT_MODEL)."""
     chosen = _threshold(request, entry, machine_id, false_alarm_rate)
-    return await _score_request(request, entry, file, channel, chosen, detail, settings, metrics, limiter)
+    return await _score_request(
+        request, entry, file, channel, chosen, machine, detail, settings, metrics, limiter
+    )
 
 
 @router.post(
@@ -110,6 +117,7 @@ async def score_batch(
     limiter: LimiterDep,
     channel: ChannelDep,
     machine_id: MachineIdDep,
+    machine: MachineLabelDep,
     false_alarm_rate: FalseAlarmRateDep,
     detail: DetailDep,
 ) -> BatchResult:
@@ -130,6 +138,7 @@ async def score_batch(
                 channel,
                 upload.filename,
                 chosen,
+                machine,
                 detail,
                 settings,
                 metrics,
@@ -175,6 +184,7 @@ async def _score_request(
     file: UploadFile | None,
     channel: Channel,
     chosen: ChosenThreshold,
+    machine: str,
     detail: Detail,
     settings: Settings,
     metrics: ServiceMetrics,
@@ -197,7 +207,9 @@ async def _score_request(
             f"Content-Type {kind or '(none)'!r} is not accepted: send multipart/form-data with a 'file' "
             f"field, or the audio as the body with one of {', '.join(sorted(RAW_AUDIO_TYPES))}",
         )
-    result = await _score(entry, source, channel, filename, chosen, detail, settings, metrics, limiter)
+    result = await _score(
+        entry, source, channel, filename, chosen, machine, detail, settings, metrics, limiter
+    )
     request.state.decision = result.decision
     return result
 
@@ -216,6 +228,7 @@ async def _score(
     channel: Channel,
     filename: str | None,
     chosen: ChosenThreshold,
+    machine: str,
     detail: Detail,
     settings: Settings,
     metrics: ServiceMetrics,
@@ -247,8 +260,6 @@ async def _score(
         metrics.scoring_errors.labels(entry.name, "invalid_audio").inc()
         raise ApiError(400, "invalid_audio", str(error)) from None
     metrics.scoring_seconds.labels(entry.name).observe(result.processing_ms / 1000)
-    # Bounded: a machine ID the model does not know was refused before scoring.
-    machine = chosen.machine_id or NO_MACHINE
     metrics.decisions.labels(entry.name, machine, result.decision).inc()
     metrics.ratio.labels(entry.name, machine).observe(result.ratio)
     metrics.input_checks.labels(entry.name, machine, result.input_check.status).inc()
