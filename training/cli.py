@@ -24,6 +24,7 @@ from pathlib import Path
 from service.errors import ServiceError
 from training.dataset import parse_ids
 from training.errors import CliError, DatasetError, SynthError, TrainingError
+from training.native_logs import filter_native_stderr
 from training.options import add_channel_argument
 
 EXIT_USAGE = 2
@@ -387,5 +388,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status or 0
 
 
+def console() -> int:
+    """The `asd-train` command: `main` with TensorFlow's native log lines filtered out of stderr.
+
+    Only here, not in `main`: tests call `main` in-process, where stderr belongs to pytest.
+    """
+    if os.environ.get("ASD_TF_LOGS") != "1":  # ASD_TF_LOGS=1 shows them, for debugging TensorFlow
+        filter_native_stderr()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
