@@ -5,47 +5,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-import re
 
 import pytest
 
 import service
 import service.errors
-
-# A drawn line: the branch characters, the class name, what it is, and "(ValueError)" when it is one.
-_LINE = re.compile(r"^(?P<branch>[│├└─ ]*)(?P<name>[A-Z]\w+)(?P<rest>.*)$")
-
-
-def _drawn() -> dict[str, tuple[str | None, bool]]:
-    """Each class of the docstring's tree: its parent in the drawing and whether it is marked a ValueError."""
-    doc = service.errors.__doc__
-    assert doc is not None
-    block = doc.split("::\n", 1)[1].strip("\n").split("\n\n", 1)[0]
-    found: dict[str, tuple[str | None, bool]] = {}
-    parents: list[str] = []
-    for line in block.splitlines():
-        match = _LINE.match(line.removeprefix("    "))
-        assert match is not None, line
-        depth = len(match["branch"]) // 4
-        del parents[depth:]
-        found[match["name"]] = (parents[-1] if parents else None, "(ValueError)" in match["rest"])
-        parents.append(match["name"])
-    return found
+from tests.error_tree import assert_drawing_is_the_tree, drawn_tree
 
 
 def test_the_drawing_is_the_class_tree() -> None:
-    drawn = _drawn()
-    defined = {
-        name
-        for name, cls in vars(service.errors).items()
-        if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == "service.errors"
-    }
-    assert set(drawn) == defined
-    for name, (parent, marked) in drawn.items():
-        cls = getattr(service.errors, name)
-        expected = Exception if parent is None else getattr(service.errors, parent)
-        assert cls.__bases__[0] is expected, name
-        assert (ValueError in cls.__bases__) == marked, name
+    assert_drawing_is_the_tree(service.errors)
 
 
 @pytest.mark.parametrize(
@@ -75,4 +44,4 @@ def test_no_other_service_module_defines_an_exception() -> None:
             for name, cls in vars(module).items()
             if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == info.name
         ]
-    assert sorted(own) == sorted(f"service.errors.{name}" for name in _drawn())
+    assert sorted(own) == sorted(f"service.errors.{name}" for name in drawn_tree(service.errors))

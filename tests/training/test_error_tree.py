@@ -6,51 +6,18 @@ import argparse
 import importlib
 import inspect
 import pkgutil
-import re
 
 import pytest
 
 import training
 import training.errors
 from service.errors import DetectorError
+from tests.error_tree import assert_drawing_is_the_tree, drawn_tree
 from training import cli
-
-# A drawn line: the branch characters, the class name, what it is, and its built-in extra base if any.
-_LINE = re.compile(r"^(?P<branch>[│├└─ ]*)(?P<name>[A-Z]\w+)(?P<rest>.*)$")
-_EXTRA = re.compile(r"\((?P<base>ValueError|RuntimeError)\)\s*$")
-
-
-def _drawn() -> dict[str, tuple[str | None, str | None]]:
-    """Each class of the docstring's tree: its parent in the drawing and the built-in base it is marked with."""
-    doc = training.errors.__doc__
-    assert doc is not None
-    block = doc.split("::\n", 1)[1].strip("\n").split("\n\n", 1)[0]
-    found: dict[str, tuple[str | None, str | None]] = {}
-    parents: list[str] = []
-    for line in block.splitlines():
-        match = _LINE.match(line.removeprefix("    "))
-        assert match is not None, line
-        depth = len(match["branch"]) // 4
-        del parents[depth:]
-        extra = _EXTRA.search(match["rest"])
-        found[match["name"]] = (parents[-1] if parents else None, extra["base"] if extra else None)
-        parents.append(match["name"])
-    return found
 
 
 def test_the_drawing_is_the_class_tree() -> None:
-    drawn = _drawn()
-    defined = {
-        name
-        for name, cls in vars(training.errors).items()
-        if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == "training.errors"
-    }
-    assert set(drawn) == defined
-    for name, (parent, extra) in drawn.items():
-        cls = getattr(training.errors, name)
-        expected = Exception if parent is None else getattr(training.errors, parent)
-        assert cls.__bases__[0] is expected, name
-        assert [b.__name__ for b in cls.__bases__[1:]] == ([extra] if extra else []), name
+    assert_drawing_is_the_tree(training.errors)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +37,7 @@ def test_no_other_training_module_defines_an_exception() -> None:
             for name, cls in vars(module).items()
             if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == info.name
         ]
-    assert sorted(own) == sorted(f"training.errors.{name}" for name in _drawn())
+    assert sorted(own) == sorted(f"training.errors.{name}" for name in drawn_tree(training.errors))
 
 
 @pytest.mark.parametrize(
