@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 import re
 from types import ModuleType
 
@@ -42,3 +44,18 @@ def assert_drawing_is_the_tree(module: ModuleType) -> None:
         expected = Exception if parent is None else getattr(module, parent)
         assert cls.__bases__[0] is expected, name
         assert [b.__name__ for b in cls.__bases__[1:]] == ([extra] if extra else []), name
+
+
+def exceptions_defined_in(package: ModuleType, *, skip: str | None = None) -> list[str]:
+    """`module.Class` of every exception class defined in the package's modules (those under `skip` left out)."""
+    own = []
+    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        if skip is not None and info.name.startswith(skip):
+            continue
+        module = importlib.import_module(info.name)
+        own += [
+            f"{info.name}.{name}"
+            for name, cls in vars(module).items()
+            if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == info.name
+        ]
+    return sorted(own)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import pkgutil
-
 import pytest
 
 import service
 import service.errors
-from tests.error_tree import assert_drawing_is_the_tree, drawn_tree
+from tests.error_tree import assert_drawing_is_the_tree, drawn_tree, exceptions_defined_in
 
 
 def test_the_drawing_is_the_class_tree() -> None:
@@ -34,14 +30,5 @@ def test_a_clip_too_short_for_the_model_is_a_short_recording_with_the_same_code(
 
 def test_no_other_service_module_defines_an_exception() -> None:
     # The HTTP layer's ApiError and Starlette exceptions are answers, not part of the tree.
-    own = []
-    for info in pkgutil.walk_packages(service.__path__, "service."):
-        if info.name.startswith("service.api"):
-            continue
-        module = importlib.import_module(info.name)
-        own += [
-            f"{info.name}.{name}"
-            for name, cls in vars(module).items()
-            if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == info.name
-        ]
-    assert sorted(own) == sorted(f"service.errors.{name}" for name in drawn_tree(service.errors))
+    own = exceptions_defined_in(service, skip="service.api")
+    assert own == sorted(f"service.errors.{name}" for name in drawn_tree(service.errors))

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
-import pkgutil
 
 import pytest
 
 import training
 import training.errors
 from service.errors import DetectorError
-from tests.error_tree import assert_drawing_is_the_tree, drawn_tree
+from tests.error_tree import assert_drawing_is_the_tree, drawn_tree, exceptions_defined_in
 from training import cli
 
 
@@ -29,15 +26,8 @@ def test_the_errors_that_were_value_errors_still_are(name: str) -> None:
 
 
 def test_no_other_training_module_defines_an_exception() -> None:
-    own = []
-    for info in pkgutil.walk_packages(training.__path__, "training."):
-        module = importlib.import_module(info.name)
-        own += [
-            f"{info.name}.{name}"
-            for name, cls in vars(module).items()
-            if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == info.name
-        ]
-    assert sorted(own) == sorted(f"training.errors.{name}" for name in drawn_tree(training.errors))
+    own = exceptions_defined_in(training)
+    assert own == sorted(f"training.errors.{name}" for name in drawn_tree(training.errors))
 
 
 @pytest.mark.parametrize(
