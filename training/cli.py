@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--scorer",
         choices=("cae", "cae+envelope"),
-        default="cae",
-        help="cae+envelope: fuse the CAE with a Gaussian on each clip's mean level per band, "
+        default=None,
+        help="default: the architecture's (training.fit_options.ARCH_SCORERS); "
+        "cae: the autoencoder's reconstruction error alone; cae+envelope: fuse the CAE with a Gaussian on each clip's mean level per band, "
         "both standardised per machine ID on held-out normal scores",
     )
     fit.add_argument("--quiet", action="store_true", help="no progress bars")

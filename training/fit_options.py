@@ -26,9 +26,13 @@ ARCH_DEFAULTS: dict[str, dict[str, int]] = {
     "cae": {"frames": 8, "patch_hop": 8, "batch_size": 64, "epochs": 8},
     "dense": {"frames": 5, "patch_hop": 1, "batch_size": 512, "epochs": 20},
 }
+ScorerChoice = Literal["cae", "cae+envelope"]
+SCORERS: tuple[ScorerChoice, ...] = ("cae", "cae+envelope")
+# The clip score per architecture: `cae` is the autoencoder's reconstruction error alone (for the
+# dense baseline too, which stays the DCASE recipe); `cae+envelope` fuses it with the envelope scorer.
+ARCH_SCORERS: dict[str, ScorerChoice] = {"cae": "cae", "dense": "cae"}
 
 CalibrationMode = Literal["auto", "cross-fit", "holdout"]
-ScorerChoice = Literal["cae", "cae+envelope"]
 # `auto` cross-fits while the smallest machine ID has fewer clips than this: a
 # 10 % holdout would leave each ID too few calibration clips for a threshold it
 # can trust (models/README.md, "Calibration"), and k + 1 fits of a few hundred
@@ -62,7 +66,7 @@ class FitOptions:
     # How patch errors become the clip score, and whether the envelope scorer joins the CAE.
     pooling: Pooling = "mean"
     pooling_param: float | None = None  # None: the pooling's default (service.scorers)
-    scorer: ScorerChoice = "cae"
+    scorer: ScorerChoice | None = None  # None: the architecture's (`ARCH_SCORERS`)
     workers: int = 2
     progress: bool = True
 
@@ -75,7 +79,7 @@ class FitOptions:
         if self.arch not in ARCH_DEFAULTS:
             raise DatasetError(f"unknown architecture {self.arch!r}; choose cae or dense")
         defaults = ARCH_DEFAULTS[self.arch]
-        if self.scorer not in ("cae", "cae+envelope"):
+        if self.scorer is not None and self.scorer not in SCORERS:
             raise DatasetError(f"unknown scorer {self.scorer!r}; choose cae or cae+envelope")
         try:
             pooling_param = check_pooling(self.pooling, self.pooling_param)
@@ -88,6 +92,7 @@ class FitOptions:
             epochs=defaults["epochs"] if self.epochs is None else self.epochs,
             batch_size=defaults["batch_size"] if self.batch_size is None else self.batch_size,
             pooling_param=pooling_param,
+            scorer=ARCH_SCORERS[self.arch] if self.scorer is None else self.scorer,
         )
         for name in ("frames", "patch_hop", "epochs", "batch_size"):
             if getattr(done, name) <= 0:
