@@ -6,7 +6,10 @@
 # Prints the image size and the time from `docker run` to healthy; exits non-zero on any
 # failure; removes its container on every exit. Settings (environment):
 #   IMAGE=machine-sound-asd:smoke   tag to build/run
-#   DOCKER=docker                   docker client
+#   DOCKER=docker                   docker client (default: the first `docker` on PATH that can
+#                                   build with BuildKit: one with the buildx plugin, or a client
+#                                   older than 23 with BuildKit built in)
+#   MAX_IMAGE_MB=300                fail when the image is larger (decimal MB)
 #   BUILD_OPTS="..."                extra `docker build` options (--network=host, --secret id=ca,...)
 #   SKIP_BUILD=1                    run an already built $IMAGE
 #   RUN_NETWORK=bridge|host         host: no port mapping, the service binds 127.0.0.1:$PORT itself
@@ -20,7 +23,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IMAGE="${IMAGE:-machine-sound-asd:smoke}"
-DOCKER="${DOCKER:-docker}"
+MAX_IMAGE_MB="${MAX_IMAGE_MB:-300}"
 BUILD_OPTS="${BUILD_OPTS:-}"
 RUN_NETWORK="${RUN_NETWORK:-bridge}"
 CLIP="${CLIP:-$REPO/../shared/data/real-recordings/mimii-8ch/slider_normal.wav}"
@@ -32,7 +35,32 @@ log() { printf '[docker-smoke] %s\n' "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 now() { date +%s.%N; }
 
+# Docker >= 23 clients build through the buildx plugin and fail without it; older ones carry
+# BuildKit themselves. A machine may have both (e.g. a static client in /usr/local/bin without
+# the plugin, and the distribution's engine and client in /usr/bin).
+can_build() {
+    "$1" buildx version >/dev/null 2>&1 && return 0
+    local major
+    major=$("$1" version --format '{{.Client.Version}}' 2>/dev/null | cut -d. -f1) || return 1
+    [[ "$major" =~ ^[0-9]+$ ]] && (( major < 23 ))
+}
+if [[ -z "${DOCKER:-}" ]]; then
+    mapfile -t clients < <(type -ap docker)
+    [[ ${#clients[@]} -gt 0 ]] || die "no docker client on PATH"
+    DOCKER=${clients[0]}
+    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+        for client in "${clients[@]}"; do
+            if can_build "$client"; then DOCKER=$client; break; fi
+        done
+        if [[ "$DOCKER" != "${clients[0]}" ]]; then
+            log "using $DOCKER: ${clients[0]} has no BuildKit (no buildx plugin)"
+        fi
+    fi
+fi
 command -v "$DOCKER" >/dev/null || die "docker client '$DOCKER' not found"
+if [[ "${SKIP_BUILD:-0}" != 1 ]] && ! can_build "$DOCKER"; then
+    die "'$DOCKER' cannot build with BuildKit: install the buildx plugin, or set DOCKER= to a client that can"
+fi
 command -v curl >/dev/null || die "curl not found"
 [[ -f "$CLIP" ]] || die "clip not found: $CLIP (set CLIP=...)"
 "$DOCKER" info >/dev/null 2>&1 || die "no Docker engine reachable with '$DOCKER'"
@@ -130,4 +158,7 @@ printf 'run -> /ready 200:  %s s\n' "$(elapsed "$ready_at")"
 printf 'run -> healthy:     %s s (health probe every %s)\n' "$(elapsed "$healthy_at")" "$HEALTH_INTERVAL"
 printf 'container uid:      %s\n' "$user"
 printf 'score answer:       %s\n' "$summary"
+size_mb=$(awk -v s="$size_bytes" 'BEGIN {printf "%.1f", s / 1e6}')
+awk -v s="$size_mb" -v m="$MAX_IMAGE_MB" 'BEGIN {exit !(s <= m)}' \
+    || die "image is $size_mb MB, more than MAX_IMAGE_MB=$MAX_IMAGE_MB"
 printf 'SMOKE OK\n'
