@@ -463,3 +463,16 @@ patches, hop 8: 39 patches per clip; its decoder up-samples before it
 convolves, so two decoder convolutions run at full resolution): the tables above
 measure it.
 """
+
+
+# Sections measured by other commands (e.g. scripts/operator_page.py) go below this line in
+# BENCHMARKS.md; a new run of `make bench` rewrites everything above it and keeps them.
+KEPT_MARKER = "<!-- Measured by other commands; `make bench` keeps everything below this line. -->"
+
+
+def with_kept_sections(report: str, previous: str | None) -> str:
+    """`report` followed by the marker and what followed the marker in `previous`, if anything."""
+    if previous is None or KEPT_MARKER not in previous:
+        return report
+    kept = previous.split(KEPT_MARKER, 1)[1].strip("\n")
+    return report.rstrip("\n") + "\n\n" + KEPT_MARKER + "\n\n" + kept + "\n"

@@ -36,11 +36,17 @@ import numpy as np
 from bench import machine as machine_info
 from bench.detector import Clip
 from bench.inprocess import PipelineResult
-from bench.report import render, text_table
+from bench.report import render, text_table, with_kept_sections
 from bench.results import HttpRow, Results, ServerRow, load_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "BENCHMARKS.md"
+
+
+def write_report(path: Path, report: str) -> None:
+    """Write BENCHMARKS.md, keeping the sections other commands measured (`bench.report.KEPT_MARKER`)."""
+    previous = path.read_text(encoding="utf-8") if path.is_file() else None
+    path.write_text(with_kept_sections(report, previous), encoding="utf-8")
 
 
 @dataclass
@@ -349,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render is not None:
         saved = load_results(args.render)
         print(text_table(saved))
-        args.out.write_text(render(saved, quick=bool(saved.config.get("quick"))), encoding="utf-8")
+        write_report(args.out, render(saved, quick=bool(saved.config.get("quick"))))
         print(f"\nwrote {args.out}")
         return 0
 
@@ -370,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.commands.insert(0, command)
     print()
     print(text_table(results))
-    args.out.write_text(render(results, quick=args.quick), encoding="utf-8")
+    write_report(args.out, render(results, quick=args.quick))
     print(f"\nwrote {args.out}")
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n", encoding="utf-8")
