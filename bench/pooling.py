@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ import numpy as np
 from service.detector import Detector
 from service.scorers import DEFAULT_POOLING_PARAM, fuse, pool
 from training.clip_scores import find_test_clips
+from training.dataset import parse_name
+from training.fusion import standardisation
 from training.metrics import detection_metrics
 
 POOLINGS: tuple[tuple[str, float | None], ...] = (
@@ -38,7 +39,6 @@ POOLINGS: tuple[tuple[str, float | None], ...] = (
     ("topk", DEFAULT_POOLING_PARAM["topk"]),
     ("gwrp", DEFAULT_POOLING_PARAM["gwrp"]),
 )
-_ID = re.compile(r"_id_(\d+)_")
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,9 @@ def _clip_scores(
     pooled = np.array([pool(c.patch_errors, pooling=pooling, param=param) for c in clips])
     if clips[0].envelope_z is None:
         return pooled
-    reference = np.array([pool(c.patch_errors, pooling=pooling, param=param) for c in validation])
-    mean, std = float(reference.mean()), float(reference.std(ddof=1))
+    cae = standardisation(np.array([pool(c.patch_errors, pooling=pooling, param=param) for c in validation]))
     z_env = np.array([c.envelope_z for c in clips], dtype=np.float64)
-    return np.asarray(fuse([(pooled - mean) / std, z_env]))
+    return np.asarray(fuse([(pooled - cae.mean) / cae.std, z_env]))
 
 
 def study_folder(folder: Path, work: Path) -> dict[str, object]:
@@ -89,7 +88,7 @@ def study_folder(folder: Path, work: Path) -> dict[str, object]:
     detector = Detector(folder, intra_op_threads=1)
     train_dir = data_root / machine_type / "train"
     validation = [
-        _score(detector, train_dir / name, _ID.search(name).group(1), 0)  # type: ignore[union-attr]
+        _score(detector, train_dir / name, parse_name(name).machine_id, 0)
         for name in training["validation_files"]
     ]
     tests = [
@@ -97,7 +96,6 @@ def study_folder(folder: Path, work: Path) -> dict[str, object]:
         for machine_id, clips in find_test_clips(data_root, machine_type).items()
         for path, label in clips
     ]
-    own = meta.get("scoring") or {"pooling": "mean", "pooling_param": None}
     results: dict[str, object] = {}
     for pooling, param in POOLINGS:
         per_id: dict[str, dict[str, float]] = {}
@@ -108,30 +106,32 @@ def study_folder(folder: Path, work: Path) -> dict[str, object]:
             metrics = detection_metrics([c.label for c in id_tests], scores, threshold=float("inf"))
             per_id[machine_id] = {"auc": float(metrics["auc"]), "pauc": float(metrics["pauc"])}
         results[_label(pooling, param)] = per_id
-    _check_own_pooling(meta, validation, own)
+    _check_own_pooling(meta, validation)
     return {"folder": str(folder), "per_pooling": results}
 
 
-def _check_own_pooling(meta: dict[str, object], validation: Sequence[Clip], own: object) -> None:
+def _check_own_pooling(meta: dict[str, object], validation: Sequence[Clip]) -> None:
     """With the folder's own pooling, the recomputed CAE standardisation equals the stored one."""
     scoring = meta.get("scoring")
     if not isinstance(scoring, dict) or not scoring.get("per_id"):
         return
     pooling, param = scoring["pooling"], scoring["pooling_param"]
     for machine_id, entry in scoring["per_id"].items():
-        pooled = np.array(
-            [
-                pool(c.patch_errors, pooling=pooling, param=param)
-                for c in validation
-                if c.machine_id == machine_id
-            ]
+        ours = standardisation(
+            np.array(
+                [
+                    pool(c.patch_errors, pooling=pooling, param=param)
+                    for c in validation
+                    if c.machine_id == machine_id
+                ]
+            )
         )
         stored = entry["standardisation"]["cae"]
-        if not np.isclose(pooled.mean(), stored["mean"], rtol=1e-4) or not np.isclose(
-            pooled.std(ddof=1), stored["std"], rtol=1e-3
+        if not np.isclose(ours.mean, stored["mean"], rtol=1e-4) or not np.isclose(
+            ours.std, stored["std"], rtol=1e-3
         ):
             raise ValueError(
-                f"ID {machine_id}: recomputed CAE standardisation {pooled.mean():.6g} / {pooled.std(ddof=1):.6g} "
+                f"ID {machine_id}: recomputed CAE standardisation {ours.mean:.6g} / {ours.std:.6g} "
                 f"differs from the stored {stored['mean']:.6g} / {stored['std']:.6g}"
             )
 
