@@ -3,7 +3,7 @@
 Ours is what the service runs per request (`service.scoring.score_upload`:
 `read_audio` -> `Detector.features` -> `Detector.model_inputs` ->
 onnxruntime -> per-patch errors -> segments). Each clip is scored twice:
-once taken apart to time the stages (decode = `read_audio`, features =
+once taken apart to time the stages (decode = `Detector.read`, features =
 log-mel + standardisation + patch cutting, inference =
 `Detector.reconstruct`), once whole (`score_upload`, which also computes the
 errors, segments and the answer) for the total.
@@ -100,11 +100,8 @@ class _Clock:
 
 def ours_staged(detector: Detector, clip: Clip, timings: Timings) -> None:
     """Decode, features (log-mel, standardisation, patches) and inference of one clip, each timed."""
-    from service.audio import read_audio
-
-    rate = detector.params.sample_rate
     clock = _Clock()
-    decoded = read_audio(clip.data, sample_rate=rate, channel=0, min_seconds=detector.min_samples / rate)
+    decoded = detector.read(clip.data)
     timings.add("decode", *clock.lap())
     batch, _ = detector.model_inputs(detector.features(decoded.samples))
     timings.add("features", *clock.lap())
@@ -298,11 +295,8 @@ def measure_naive(
 
 
 def reference_scores(detector: Detector, clips: Sequence[Clip]) -> list[float]:
-    """Scores without the benchmark's code: `read_audio` + `Detector.score` on each clip's bytes."""
-    from service.audio import read_audio
-
-    rate = detector.params.sample_rate
-    return [detector.score(read_audio(c.data, sample_rate=rate).samples).score for c in clips]
+    """Scores without the benchmark's code: `Detector.score_file` on each clip's bytes."""
+    return [detector.score_file(c.data).score for c in clips]
 
 
 def relative_difference(a: Sequence[float], b: Sequence[float]) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from service.audio import Channel
 from service.bundle import normalize_machine_id
 from service.detector import Detector
 from service.errors import AudioError, DetectorError, FeatureError, ServiceError
@@ -86,7 +87,7 @@ def _load(model: str) -> None:
     _worker["detector"] = Detector(Path(model), intra_op_threads=1)
 
 
-def _score(root: str, paths: list[str], channel: int | str) -> list[dict[str, str]]:
+def _score(root: str, paths: list[str], channel: Channel) -> list[dict[str, str]]:
     _detector = _worker["detector"]
     rows = []
     for rel in paths:
@@ -103,7 +104,7 @@ def _score(root: str, paths: list[str], channel: int | str) -> list[dict[str, st
             "error": "",
         }
         try:
-            scored = _detector.score_file(Path(root) / rel, channel=channel, machine_id=use_id)  # type: ignore[arg-type]
+            scored = _detector.score_file(Path(root) / rel, channel=channel, machine_id=use_id)
         except (AudioError, FeatureError) as error:
             row["error"] = f"{getattr(error, 'code', 'invalid_audio')}: {error}"
         else:
@@ -125,9 +126,7 @@ def _chunks(items: list[Path]) -> Iterator[list[str]]:
         yield [p.as_posix() for p in items[start : start + _CHUNK]]
 
 
-def run(
-    model: Path, data: Path, out: Path, *, jobs: int, shard: Shard, channel: int | str, quiet: bool
-) -> int:
+def run(model: Path, data: Path, out: Path, *, jobs: int, shard: Shard, channel: Channel, quiet: bool) -> int:
     Detector(model)  # refuses a broken folder here, once, before any worker starts
     files = shard.take(find_audio(data))
     done = already_scored(out)
@@ -193,7 +192,7 @@ def run_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"{args.data} is not a folder")
     if args.channel != "mean" and not args.channel.isdecimal():
         parser.error(f"--channel wants an index or 'mean', got {args.channel!r}")
-    channel: int | str = "mean" if args.channel == "mean" else int(args.channel)
+    channel: Channel = "mean" if args.channel == "mean" else int(args.channel)
     try:
         return run(
             args.model, args.data, args.out, jobs=args.jobs, shard=shard, channel=channel, quiet=args.quiet

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnxruntime as ort
 
-from service.audio import Channel, read_audio
+from service.audio import Channel, Clip, read_audio
 from service.bundle import Bundle, Scoring, ScoringEntry, sha256_of
 from service.errors import (
     AudioError,
@@ -30,13 +31,14 @@ from service.features import (
     band_centres_hz,
     log_mel_projected,
     mel_filterbank,
-    patches,
     warm_up,
 )
+from service.patches import PatchLayout
 from service.scorers import coarse_bands, fuse, mahalanobis, pool
 
 __all__ = [
     "MAX_BATCH_ELEMENTS",
+    "AudioSource",
     "ClipTooShortError",
     "Combined",
     "Detector",
@@ -48,6 +50,9 @@ __all__ = [
 # Input values per onnxruntime run: 32 CAE patches of 128 x 32, or 204 dense
 # patches of 5 x 128; see `Detector.reconstruct`.
 MAX_BATCH_ELEMENTS = 32 * 128 * 32
+
+# What `read_audio` decodes: a path, the file's bytes or an open binary file.
+AudioSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,10 @@ class Detector:
             ) from None
         # The filter bank's non-zero runs, found once per model rather than per clip.
         self._mel = MelProjection(self._mel_basis)
-        self.frames = self.bundle.patching.frames
-        self.hop = self.bundle.patching.hop
+        patching = self.bundle.patching
+        self.layout = PatchLayout(
+            frames=patching.frames, hop=patching.hop, arch=self.bundle.model.arch, params=self.params
+        )
         self._mean = np.asarray(self.bundle.normalization.mean, dtype=np.float32)[:, None]
         self._inv_std = (1.0 / np.asarray(self.bundle.normalization.std, dtype=np.float32))[:, None]
         self.scoring: Scoring | None = self.bundle.scoring
@@ -184,16 +191,23 @@ class Detector:
         return self._mel_basis
 
     @property
+    def frames(self) -> int:
+        """Log-mel frames per patch (`layout`)."""
+        return self.layout.frames
+
+    @property
+    def hop(self) -> int:
+        """Frames from one patch's start to the next one's (`layout`)."""
+        return self.layout.hop
+
+    @property
     def min_samples(self) -> int:
         """Fewest samples (at the model's rate) that give one patch."""
-        return (self.frames - 1) * self.params.hop_length
+        return self.layout.min_samples
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        n_mels = self.params.n_mels
-        if self.bundle.model.arch == "cae":
-            return (n_mels, self.frames, 1)
-        return (self.frames * n_mels,)
+        return self.layout.input_shape
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -232,13 +246,7 @@ class Detector:
 
     def model_inputs(self, spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patches of a standardised spectrogram in the graph's layout, and their start frames."""
-        cut, starts = patches(spec, frames=self.frames, hop=self.hop)
-        if self.bundle.model.arch == "cae":
-            batch = cut[..., None]
-        else:
-            # DCASE baseline layout: consecutive frames concatenated, frame-major.
-            batch = cut.transpose(0, 2, 1).reshape(len(cut), -1)
-        return np.ascontiguousarray(batch, dtype=np.float32), starts
+        return self.layout.batch(spec)
 
     def reconstruct(self, batch: np.ndarray) -> np.ndarray:
         """The graph's output for `batch`, run in chunks of at most `MAX_BATCH_ELEMENTS` input values.
@@ -300,21 +308,12 @@ class Detector:
         errors = np.mean(squared.reshape(len(batch), -1), axis=1)
         bins = frame_errors = None
         if per_bin or error_map:
-            n_mels = self.params.n_mels
-            # CAE patches are (mels, frames, 1); dense ones frame-major (frames * mels).
-            by_mel = (
-                squared.reshape(len(batch), n_mels, -1)
-                if self.bundle.model.arch == "cae"
-                else (squared.reshape(len(batch), -1, n_mels).transpose(0, 2, 1))
-            )
+            by_mel = self.layout.by_mel(squared)
             if per_bin:
                 bins = by_mel.mean(axis=(0, 2), dtype=np.float64)
             if error_map:
-                frame_errors = _overlap_mean(by_mel, hop=self.hop)
-        seconds_per_frame = self.params.hop_length / self.params.sample_rate
-        duration = samples.size / self.params.sample_rate
-        start = starts * seconds_per_frame
-        end = np.minimum((starts + self.frames) * seconds_per_frame, duration)
+                frame_errors = self.layout.frame_means(by_mel)
+        start, end = self.layout.times(starts, n_samples=samples.size)
         if self.scoring is None:
             return Score(
                 score=float(errors.mean()),
@@ -341,9 +340,19 @@ class Detector:
             log_mel=spec_db,
         )
 
+    def read(self, source: AudioSource, *, channel: Channel = 0) -> Clip:
+        """`source` decoded as this model takes it: `read_audio` at its sample rate (`channel` as there).
+
+        A clip too short for one patch is refused (`AudioTooShortError`) before
+        it is resampled. For a caller that needs the decoded clip besides its
+        score (e.g. its source sample rate); to score a file, `score_file`.
+        """
+        rate = self.params.sample_rate
+        return read_audio(source, sample_rate=rate, channel=channel, min_seconds=self.min_samples / rate)
+
     def score_file(
         self,
-        path: str | os.PathLike[str],
+        source: AudioSource,
         *,
         channel: Channel = 0,
         machine_id: str | None = None,
@@ -351,28 +360,32 @@ class Detector:
     ) -> Score:
         """Anomaly score of an audio file, read and checked as the service reads an upload.
 
-        The file is decoded by `service.audio.read_audio` at the model's
-        sample rate (`channel`: an index or "mean", as there) and scored by
-        `score` (`machine_id` and `per_bin` as there). A clip too short for one
-        patch is refused before it is resampled, a score that is not finite
-        is refused as the service refuses it (`check_finite`).
+        The one way to score a recording that is not decoded yet: training's
+        export (the threshold's scores) and evaluation, `asd-score` and the
+        benchmarks call it.
+        `source` is a path, or the file's bytes or an open binary file. The
+        file is decoded by `read` (`channel`: an index or "mean", as in
+        `service.audio.read_audio`) and scored by `score` (`machine_id` and
+        `per_bin` as there). A score that is not finite is refused as the
+        service refuses it (`check_finite`).
 
         Every refusal is an `AudioError` (or, should log-mel refuse the
-        samples, a `FeatureError`) whose message starts with the path:
-        `UndecodableAudioError` for a missing file or one that is not audio,
-        `AudioTooShortError` (`ClipTooShortError` among them) for a clip too
-        short for the model, and the rest of the tree in `service.errors`.
+        samples, a `FeatureError`) whose message, for a path, starts with the
+        path: `UndecodableAudioError` for a missing file or one that is not
+        audio, `AudioTooShortError` (`ClipTooShortError` among them) for a clip
+        too short for the model, and the rest of the tree in `service.errors`.
         """
-        rate = self.params.sample_rate
         try:
-            clip = read_audio(path, sample_rate=rate, channel=channel, min_seconds=self.min_samples / rate)
+            clip = self.read(source, channel=channel)
             return check_finite(self.score(clip.samples, per_bin=per_bin, machine_id=machine_id))
         except (AudioError, FeatureError) as error:
+            if not isinstance(source, (str, os.PathLike)):
+                raise
             reason = str(error)
-            if isinstance(error, UndecodableAudioError) and not os.path.exists(path):
+            if isinstance(error, UndecodableAudioError) and not os.path.exists(source):
                 reason = "no such file"  # libsndfile says only "System error."
             # The same class, so that callers catch what they would catch from read_audio and score.
-            raise type(error)(f"{os.fspath(path)}: {reason}") from None
+            raise type(error)(f"{os.fspath(source)}: {reason}") from None
 
     def combine(
         self, patch_errors: np.ndarray, band_db: np.ndarray, *, machine_id: str | None = None
@@ -424,26 +437,6 @@ def check_finite(scored: Score) -> Score:
     if not np.isfinite(scored.patch_errors).all():
         raise InvalidAudioError("the audio gives no finite anomaly score: samples far beyond full scale?")
     return scored
-
-
-def _overlap_mean(by_mel: np.ndarray, *, hop: int) -> np.ndarray:
-    """Per (mel, frame) mean of patch errors (n_patches, n_mels, frames) over the patches covering each frame.
-
-    Patches start every `hop` frames from frame 0 (`features.frame_windows`). Returns shape
-    (n_mels, (n_patches - 1) * hop + frames), float32; a frame no patch covers is 0.
-    """
-    n_patches, n_mels, frames = by_mel.shape
-    if hop == frames:  # side by side (the CAE's patching): no frame is shared
-        return np.ascontiguousarray(by_mel.transpose(1, 0, 2).reshape(n_mels, n_patches * frames))
-    total = np.zeros((n_mels, (n_patches - 1) * hop + frames), dtype=np.float32)
-    count = np.zeros(total.shape[1], dtype=np.float32)
-    last = (n_patches - 1) * hop + 1
-    for offset in range(frames):
-        total[:, offset : offset + last : hop] += by_mel[:, :, offset].T
-        count[offset : offset + last : hop] += 1
-    # A hop longer than the patch leaves frames no patch covers: they stay 0.
-    np.divide(total, count, out=total, where=count > 0)
-    return total
 
 
 def _entries(scoring: Scoring | None) -> dict[str | None, _Entry]:

@@ -39,12 +39,10 @@ __all__ = [
     "FeatureParams",
     "MelProjection",
     "band_centres_hz",
-    "frame_windows",
     "log_mel",
     "log_mel_projected",
     "mel_filterbank",
     "pack_filters",
-    "patches",
     "unpack_filters",
     "warm_up",
 ]
@@ -346,37 +344,3 @@ def log_mel_projected(y: np.ndarray, params: FeatureParams, projection: MelProje
     np.log10(mel, out=mel)
     mel *= 10.0
     return mel
-
-
-def frame_windows(n_frames: int, *, frames: int, hop: int) -> np.ndarray:
-    """Start frames of the patches cut from a spectrogram of `n_frames` frames.
-
-    Returns
-    -------
-    np.ndarray [shape=(n_patches,)], int64
-        Empty when the spectrogram is shorter than one patch.
-    """
-    if frames <= 0 or hop <= 0:
-        raise FeatureError(f"patch frames and hop must be positive, got {frames}, {hop}")
-    if n_frames < frames:
-        return np.empty(0, dtype=np.int64)
-    return np.arange(0, n_frames - frames + 1, hop, dtype=np.int64)
-
-
-def patches(spec: np.ndarray, *, frames: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a (standardised) log-mel spectrogram into overlapping patches.
-
-    Parameters
-    ----------
-    spec : np.ndarray [shape=(n_mels, t)]
-
-    Returns
-    -------
-    patches : np.ndarray [shape=(n_patches, n_mels, frames)]
-        A read-only view: no copy of the spectrogram is made.
-    starts : np.ndarray [shape=(n_patches,)], int64
-        First frame of each patch.
-    """
-    starts = frame_windows(spec.shape[1], frames=frames, hop=hop)
-    windows = np.lib.stride_tricks.sliding_window_view(spec, frames, axis=1)
-    return windows[:, starts, :].transpose(1, 0, 2), starts

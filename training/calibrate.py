@@ -7,8 +7,9 @@
 2. lists the WAVs of `normal_dir` (a plain folder or the DCASE layout
    `<root>/<machine_type>/train/`, `training.dataset.list_clips`); files named
    `anomaly_*` are ignored, unreadable or too-short ones skipped and listed;
-3. scores each clip as the service does (`read_audio` at the model's rate,
-   then `Detector.score`);
+3. scores each clip as the service does (`Detector.read`: `read_audio` at
+   the model's rate, then `Detector.score`, as `Detector.score_file` does;
+   decoded here to count the clips resampled);
 4. refits with `training.threshold.calibrate` at quantile 1 - R: with
    `machine_id`, only that ID's own threshold (every clip is taken as that
    ID's); otherwise each ID named in the file names with at least
@@ -34,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.audio import AudioError, Channel, read_audio
+from service.audio import AudioError, Channel
 from service.bundle import THRESHOLD_FILE, Bundle, CalibrationEvent, Threshold, ThresholdFit
-from service.detector import ClipTooShortError, Detector, DetectorError
+from service.detector import Detector, DetectorError, check_finite
 from service.features import FeatureError
 from training.dataset import Skipped, list_clips, normalize_id, resolve_folder
 from training.errors import CalibrationError, DatasetError, ExportError, ThresholdError
@@ -242,7 +243,11 @@ def _score(
     channel: Channel,
     progress: Callable[[int], None] | None,
 ) -> tuple[list[float], list[str], list[Skipped], Counter[int]]:
-    """The deployed path per clip (as `training.export.score_paths`), skipping and listing bad files."""
+    """The deployed path per clip (`Detector.score_file`'s steps), skipping and listing bad files.
+
+    Not `score_file` itself: the report counts the clips resampled, which takes the decoded clip,
+    and lists each skipped file by name beside a reason that does not repeat its path.
+    """
     rate = detector.params.sample_rate
     scores: list[float] = []
     ids: list[str] = []
@@ -250,9 +255,9 @@ def _score(
     resampled: Counter[int] = Counter()
     for path, machine_id in clips:
         try:
-            clip = read_audio(path, sample_rate=rate, channel=channel)
-            score = detector.score(clip.samples).score
-        except (AudioError, ClipTooShortError, FeatureError, OSError) as error:
+            clip = detector.read(path, channel=channel)
+            score = check_finite(detector.score(clip.samples)).score
+        except (AudioError, FeatureError, OSError) as error:
             skipped.append(Skipped(path=path, reason=str(error)))
         else:
             scores.append(score)

@@ -22,6 +22,7 @@ from typing import Literal, TextIO
 import numpy as np
 
 from service.bundle import Training
+from service.patches import PatchLayout
 from service.scorers import band_edges
 from training.dataset import FeatureClip, Normalizer, fit_normalizer, patch_array, split_validation
 from training.errors import DatasetError
@@ -291,10 +292,8 @@ def _levels(scores: np.ndarray, machine_ids: Sequence[str]) -> dict[str | None, 
 
 def _patches(clips: list[FeatureClip], normalizer: Normalizer, options: FitOptions) -> np.ndarray:
     assert options.frames is not None and options.patch_hop is not None
-    return patch_array(
-        [c.spec for c in clips],
-        normalizer=normalizer,
-        frames=options.frames,
-        hop=options.patch_hop,
-        arch=options.arch,
+    # The layout the exported detector will cut by (`Detector.layout`), before the detector exists.
+    layout = PatchLayout(
+        frames=options.frames, hop=options.patch_hop, arch=options.arch, params=options.features
     )
+    return patch_array([c.spec for c in clips], normalizer=normalizer, layout=layout)

@@ -11,7 +11,8 @@ File names follow DCASE: `{normal,anomaly}_id_XX_NNNNNNNN.wav`. The machine
 ID is the number after `id_`, zero-padded to two digits; a file without an
 ID gets `DEFAULT_ID` ("00"), so a plain folder of one machine's recordings
 trains a one-ID model. Audio goes through `service.audio.read_audio` (the
-decoder the service uses), features through `service.features`.
+decoder the service uses), features through `service.features`, patches
+through `service.patches` (the layout the exported detector cuts by).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from typing import Literal
 import numpy as np
 
 from service.audio import AudioError, Channel, read_audio
-from service.features import FeatureError, FeatureParams, band_centres_hz, log_mel, mel_filterbank, patches
+from service.features import FeatureError, FeatureParams, band_centres_hz, log_mel, mel_filterbank
 from service.inputcheck import ClipStats, clip_stats
+from service.patches import Arch as Arch  # re-exported: training names the architectures from here
+from service.patches import PatchLayout
 from training.errors import DatasetError
 
 DEFAULT_ID = "00"
@@ -270,31 +273,12 @@ def fit_normalizer(specs: Iterable[np.ndarray]) -> Normalizer:
     return Normalizer(mean=mean.astype(np.float32), std=std.astype(np.float32))
 
 
-Arch = Literal["cae", "dense"]
-
-
-def model_layout(cut: np.ndarray, *, arch: Arch) -> np.ndarray:
-    """Patches (n, n_mels, frames) in the graph's input layout, as `Detector.model_inputs`.
-
-    cae: (n, n_mels, frames, 1); dense: (n, frames * n_mels), frame-major
-    (consecutive frames concatenated, as the DCASE 2020 baseline).
-    """
-    batch = cut[..., None] if arch == "cae" else cut.transpose(0, 2, 1).reshape(len(cut), -1)
-    return np.ascontiguousarray(batch, dtype=np.float32)
-
-
-def patch_array(
-    specs: Sequence[np.ndarray], *, normalizer: Normalizer, frames: int, hop: int, arch: Arch
-) -> np.ndarray:
-    """All patches of all clips, standardised, stacked in the model's input layout.
+def patch_array(specs: Sequence[np.ndarray], *, normalizer: Normalizer, layout: PatchLayout) -> np.ndarray:
+    """All patches of all clips, standardised, stacked in the graph's input layout (`PatchLayout.batch`).
 
     Returns (N, n_mels, frames, 1) for cae or (N, frames * n_mels) for dense, float32.
     """
-    parts = []
-    for spec in specs:
-        cut, _ = patches(normalizer.apply(spec), frames=frames, hop=hop)
-        if len(cut):
-            parts.append(model_layout(cut, arch=arch))
-    if not parts:
-        raise DatasetError(f"no clip is long enough for one patch of {frames} frames")
+    parts = [layout.batch(normalizer.apply(spec))[0] for spec in specs]
+    if not any(len(part) for part in parts):
+        raise DatasetError(f"no clip is long enough for one patch of {layout.frames} frames")
     return np.concatenate(parts, axis=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from service.audio import Channel, read_audio
+from service.audio import Channel
 from service.detector import Detector
 
 
@@ -25,14 +25,12 @@ def score_files(
     detector: Detector | None = None,
     progress: bool = False,
 ) -> list[float]:
-    """Anomaly score of each file, in order, as the deployed service computes it.
+    """Anomaly score of each file, in order, as the deployed service computes it (`Detector.score_file`).
 
-    Raises `AudioError` (or `ClipTooShortError`) for a file that cannot be scored.
+    Raises `AudioError` (`AudioTooShortError` among them), naming the file, for one that cannot be scored.
     """
     detector = Detector(Path(model_dir)) if detector is None else detector
-    rate = detector.params.sample_rate
-    scores = []
-    for path in tqdm(paths, desc="score", unit="clip", disable=not progress):
-        clip = read_audio(path, sample_rate=rate, channel=channel)
-        scores.append(detector.score(clip.samples).score)
-    return scores
+    return [
+        detector.score_file(path, channel=channel).score
+        for path in tqdm(paths, desc="score", unit="clip", disable=not progress)
+    ]

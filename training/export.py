@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.audio import AudioError, Channel, read_audio
+from service.audio import AudioError, Channel
 from service.bundle import (
     MODEL_FILE,
     Bundle,
@@ -55,7 +55,8 @@ from service.bundle import (
 from service.detector import Detector, Score
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint
-from training.dataset import Arch, Normalizer
+from service.patches import Arch
+from training.dataset import Normalizer
 from training.errors import ExportError
 from training.folders import check_replaceable, replace_folder
 from training.fusion import Envelopes, RawScores, fit_scoring, fused_scores
@@ -116,12 +117,11 @@ def score_clips(
     machine_ids: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[Score]:
-    """Each clip's `Score` through the deployed path: read_audio -> Detector.score (with its machine ID)."""
+    """Each clip's `Score` through the deployed path, `Detector.score_file` (with its machine ID)."""
     scored = []
     for i, path in enumerate(paths):
-        clip = read_audio(path, sample_rate=detector.params.sample_rate, channel=channel)
         machine_id = None if machine_ids is None else machine_ids[i]
-        scored.append(detector.score(clip.samples, machine_id=machine_id))
+        scored.append(detector.score_file(path, channel=channel, machine_id=machine_id))
         if progress is not None:
             progress(1)
     return scored
@@ -135,7 +135,7 @@ def score_paths(
     machine_ids: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Clip scores, shape (len(paths),), through the deployed path: read_audio -> Detector.score.
+    """Clip scores, shape (len(paths),), through the deployed path, `Detector.score_file`.
 
     `machine_ids` (one per path) score each clip as a request naming its ID;
     only a fused bundle's scores depend on it.

@@ -1,8 +1,7 @@
 """The benchmark's code paths on a tiny scale, so that `make bench` does not rot between runs.
 
 No timing is asserted: the numbers must exist, be finite and positive, the
-tables must have their shape, and our scores must be the plain
-`read_audio` + `Detector.score` scores. Training is skipped: a constant-factor
+tables must have their shape, and our scores must be `Detector.score_file`'s. Training is skipped: a constant-factor
 ONNX "autoencoder" stands in for the trained detector and `x * factor` for
 Keras' `predict`, so the naive librosa path still runs.
 """

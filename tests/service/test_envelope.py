@@ -16,7 +16,7 @@ import pytest
 from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
 from service.audio import read_audio
-from service.bundle import THRESHOLD_FILE, Bundle, EnvelopeModel, Scoring, ScoringEntry, Standardisation
+from service.bundle import THRESHOLD_FILE, Bundle, Scoring
 from service.detector import Detector
 from service.errors import DetectorError
 from service.scorers import (
@@ -33,7 +33,7 @@ from service.scorers import (
 )
 from tests.service.conftest import make_settings, serve
 from tests.service.sounds import encode, noise
-from tests.training.tiny_detector import make_detector
+from tests.training.tiny_detector import fused_entry, make_detector
 
 N_MELS = 128
 ERRORS = np.array([1.0, 4.0, 2.0, 8.0, 5.0], dtype=np.float32)
@@ -187,22 +187,6 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> tuple[float, np.ndarray]:
     return scored.score, scored.band_db
 
 
-def _entry(levels: np.ndarray, *, cae: tuple[float, float], envelope: tuple[float, float]) -> ScoringEntry:
-    gaussian = fit_gaussian(coarse_bands(levels, band_edges(n_mels=N_MELS)))
-    return ScoringEntry(
-        envelope=EnvelopeModel(
-            mean=gaussian.mean.tolist(),
-            precision=gaussian.precision.tolist(),
-            shrinkage=gaussian.shrinkage,
-            n_clips=gaussian.n_clips,
-        ),
-        standardisation={
-            "cae": Standardisation(mean=cae[0], std=cae[1], n_clips=20),
-            "envelope": Standardisation(mean=envelope[0], std=envelope[1], n_clips=20),
-        },
-    )
-
-
 def fused_scoring(
     score: float,
     band_db: np.ndarray,
@@ -221,8 +205,10 @@ def fused_scoring(
         band_edges=band_edges(n_mels=N_MELS),
         offset=5.0,
         standardised_from="holdout",
-        model_wide=_entry(levels, cae=(score, 0.1 * score), envelope=(6.0, 1.0)),
-        per_id={"02": _entry(levels + own_shift_db, cae=(0.9 * score, 0.2 * score), envelope=(5.0, 2.0))},
+        model_wide=fused_entry(levels, cae=(score, 0.1 * score), envelope=(6.0, 1.0)),
+        per_id={
+            "02": fused_entry(levels + own_shift_db, cae=(0.9 * score, 0.2 * score), envelope=(5.0, 2.0))
+        },
     )
 
 

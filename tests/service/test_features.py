@@ -3,7 +3,7 @@ import pytest
 
 from service.audio import read_audio
 from service.errors import FeatureError
-from service.features import FeatureParams, frame_windows, log_mel, mel_filterbank, patches
+from service.features import FeatureParams, log_mel, mel_filterbank
 
 
 def _librosa_log_mel(y: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -74,15 +74,6 @@ def test_bad_parameters_raise_feature_error():
         FeatureParams(power=3.0)
     with pytest.raises(FeatureError):
         FeatureParams(fmax=9000.0)
-
-
-def test_patches_are_views_at_the_right_frames():
-    spec = np.arange(4 * 20, dtype=np.float32).reshape(4, 20)
-    cut, starts = patches(spec, frames=8, hop=4)
-    assert starts.tolist() == [0, 4, 8, 12]
-    assert cut.shape == (4, 4, 8)
-    np.testing.assert_array_equal(cut[2], spec[:, 8:16])
-    assert frame_windows(7, frames=8, hop=4).size == 0
 
 
 def test_packed_filter_bank_round_trips_exactly():

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 
 from service.features import FeatureParams, log_mel
+from service.patches import PatchLayout
 from training.dataset import (
     DEFAULT_ID,
     ClipFile,
@@ -172,11 +173,25 @@ def test_normalizer_statistics_per_mel_bin_with_a_floor() -> None:
 def test_patch_array_layouts() -> None:
     spec = np.arange(3 * 10, dtype=np.float32).reshape(3, 10)
     norm = fit_normalizer([np.zeros((3, 1)), np.ones((3, 1)) * 2])  # mean 1, std 1
-    cae = patch_array([spec, spec], normalizer=norm, frames=4, hop=3, arch="cae")
-    dense = patch_array([spec], normalizer=norm, frames=4, hop=3, arch="dense")
+    params = FeatureParams(n_mels=3)
+    cae = patch_array(
+        [spec, spec], normalizer=norm, layout=PatchLayout(frames=4, hop=3, arch="cae", params=params)
+    )
+    dense = patch_array(
+        [spec], normalizer=norm, layout=PatchLayout(frames=4, hop=3, arch="dense", params=params)
+    )
     assert cae.shape == (6, 3, 4, 1)  # starts 0, 3, 6 per clip
     np.testing.assert_array_equal(cae[1, :, :, 0], spec[:, 3:7] - 1)
     assert dense.shape == (3, 12)
     # frame-major: the first 3 values are frame 0's mel bins
     np.testing.assert_array_equal(dense[0, :3], spec[:, 0] - 1)
     np.testing.assert_array_equal(dense[0, 3:6], spec[:, 1] - 1)
+
+
+def test_patch_array_leaves_out_clips_shorter_than_a_patch() -> None:
+    norm = fit_normalizer([np.zeros((3, 1)), np.ones((3, 1)) * 2])
+    layout = PatchLayout(frames=4, hop=3, arch="dense", params=FeatureParams(n_mels=3))
+    short, long = np.zeros((3, 3), dtype=np.float32), np.zeros((3, 10), dtype=np.float32)
+    assert patch_array([short, long, short], normalizer=norm, layout=layout).shape == (3, 12)
+    with pytest.raises(DatasetError, match="no clip is long enough for one patch of 4 frames"):
+        patch_array([short], normalizer=norm, layout=layout)

@@ -6,7 +6,8 @@ import soundfile as sf
 
 from service.audio import read_audio
 from service.detector import Detector
-from service.features import patches
+from service.features import FeatureParams
+from service.patches import PatchLayout
 from tests.training.tiny_detector import clip, make_detector
 from training.errors import ExploreError
 from training.explore import (
@@ -36,7 +37,8 @@ def _assert_png(path, *, min_kb: float = 20) -> None:
 def test_patches_are_reassembled_by_overlap_averaging():
     rng = np.random.default_rng(0)
     spec = rng.standard_normal((8, 45)).astype(np.float32)
-    cut, starts = patches(spec, frames=10, hop=4)  # starts 0, 4, ..., 32: frames 42..44 uncovered
+    layout = PatchLayout(frames=10, hop=4, arch="cae", params=FeatureParams(n_mels=8))
+    cut, starts = layout.cut(spec)  # starts 0, 4, ..., 32: frames 42..44 uncovered
     again = patches_to_spectrogram(np.asarray(cut), starts, spec.shape[1])
     assert again.shape == spec.shape
     np.testing.assert_allclose(again[:, :42], spec[:, :42], rtol=1e-6)
@@ -54,7 +56,7 @@ def test_batch_layout_is_undone(detectors, arch):
     detector = detectors[arch]
     spec = detector.features(clip(seed=1, anomalous=False))
     batch, _starts = detector.model_inputs(spec)
-    cut, _ = patches(spec, frames=detector.frames, hop=detector.hop)
+    cut, _ = detector.layout.cut(spec)
     undone = batch_to_patches(batch, arch=arch, n_mels=detector.params.n_mels, frames=detector.frames)
     np.testing.assert_array_equal(undone, cut)
 

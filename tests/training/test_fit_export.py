@@ -13,6 +13,7 @@ from service.audio import read_audio
 from service.bundle import MODEL_FILE, Bundle, sha256_of
 from service.detector import Detector
 from service.features import log_mel, mel_filterbank
+from service.patches import PatchLayout
 from training import onnx_export
 from training.dataset import Normalizer, patch_array
 from training.errors import ExportError
@@ -95,9 +96,9 @@ def test_detector_scores_like_training_prepared_the_patches(fitted: Fitted, tiny
     normalizer = Normalizer(
         mean=np.asarray(b.normalization.mean, np.float32), std=np.asarray(b.normalization.std, np.float32)
     )
-    ours = patch_array(
-        [log_mel(samples, detector.params)], normalizer=normalizer, frames=16, hop=8, arch="cae"
-    )
+    layout = PatchLayout(frames=16, hop=8, arch="cae", params=detector.params)
+    assert detector.layout == layout
+    ours = patch_array([log_mel(samples, detector.params)], normalizer=normalizer, layout=layout)
     theirs, _ = detector.model_inputs(detector.features(samples))
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
@@ -132,7 +133,8 @@ def _export(model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int
     paths = sorted((tiny_root / "slider" / "train").glob("normal_id_00_0000000[0-3].wav"))
     specs = [log_mel(read_audio(p, sample_rate=16000).samples, params) for p in paths]
     normalizer = Normalizer(mean=np.full(128, -40.0, np.float32), std=np.full(128, 10.0, np.float32))
-    inputs = patch_array(specs, normalizer=normalizer, frames=frames, hop=hop, arch=arch)
+    layout = PatchLayout(frames=frames, hop=hop, arch=arch, params=params)
+    inputs = patch_array(specs, normalizer=normalizer, layout=layout)
     training = Training(
         trained_at=datetime.now(UTC), data_root=str(tiny_root), n_clips=4, n_validation_clips=4,
         hours=0.01, clips_per_id={"00": 4}, skipped_files=0, epochs_run=0, seed=0,

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from service.bundle import (
     FORMAT_VERSION,
     Bundle,
+    EnvelopeModel,
     FalseAlarmCurve,
     Features,
     GammaFit,
@@ -28,6 +29,8 @@ from service.bundle import (
     OnnxModel,
     Patching,
     Scoring,
+    ScoringEntry,
+    Standardisation,
     Threshold,
     ThresholdFit,
     Training,
@@ -35,6 +38,7 @@ from service.bundle import (
 )
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint
+from service.scorers import band_edges, coarse_bands, fit_gaussian
 
 SAMPLE_RATE = 16000
 FRAMES = 32
@@ -133,6 +137,26 @@ def _fit(value: float | ThresholdFit) -> ThresholdFit:
         gamma=GammaFit(shape=2.0, loc=0.0, scale=value / 4),
         n_calibration_clips=5,
         empirical_false_alarm_rate=0.1,
+    )
+
+
+def fused_entry(
+    levels: np.ndarray, *, cae: tuple[float, float], envelope: tuple[float, float]
+) -> ScoringEntry:
+    """A cae+envelope entry: the Gaussian of `levels` (n_clips, n_mels) in coarse bands, and each
+    scorer's standardisation as (mean, std)."""
+    gaussian = fit_gaussian(coarse_bands(levels, band_edges(n_mels=levels.shape[1])))
+    return ScoringEntry(
+        envelope=EnvelopeModel(
+            mean=gaussian.mean.tolist(),
+            precision=gaussian.precision.tolist(),
+            shrinkage=gaussian.shrinkage,
+            n_clips=gaussian.n_clips,
+        ),
+        standardisation={
+            "cae": Standardisation(mean=cae[0], std=cae[1], n_clips=20),
+            "envelope": Standardisation(mean=envelope[0], std=envelope[1], n_clips=20),
+        },
     )
 
 
