@@ -111,18 +111,29 @@ def measure(work: Path, *, n: int, seed: int, fresh: int, most: int) -> Run:
         )
     seconds = time.perf_counter() - began
     detector = Detector(model)
-    threshold = detector.bundle.threshold
     files = list_clips(root, machine_type="slider", split="test", ids=IDS)
-    scores = score_paths(detector, [f.path for f in files])
-    ids = np.asarray([f.machine_id for f in files])
+    own, wide, interval = fresh_rates(detector, [f.path for f in files], [f.machine_id for f in files])
+    return Run(n, seed, own, wide, interval, detector.bundle.threshold.scores_from or "?", seconds)
+
+
+def fresh_rates(
+    detector: Detector, paths: list[Path], machine_ids: list[str]
+) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[float, float]]]:
+    """Per ID: the share of `paths` above the ID's own threshold, above the model-wide one, and
+    the fit's 90 % interval of that share."""
+    threshold = detector.bundle.threshold
+    ids = np.asarray(machine_ids)
+    # As the service scores them: a request naming its ID meets that ID's threshold (and, in a
+    # fused model, that ID's envelope Gaussian and standardisation); one without, the model-wide ones.
+    own_scores = score_paths(detector, paths, machine_ids=machine_ids)
+    wide_scores = score_paths(detector, paths) if detector.bundle.scoring is not None else own_scores
     own, wide, interval = {}, {}, {}
-    for mid in IDS:
-        mine = scores[ids == mid]
+    for mid in sorted(set(machine_ids)):
         fit = threshold.for_id(mid)
-        own[mid] = float(np.mean(mine > fit.value))
-        wide[mid] = float(np.mean(mine > threshold.value))
+        own[mid] = float(np.mean(own_scores[ids == mid] > fit.value))
+        wide[mid] = float(np.mean(wide_scores[ids == mid] > threshold.value))
         interval[mid] = fit.false_alarm_interval or (float("nan"), float("nan"))
-    return Run(n, seed, own, wide, interval, threshold.scores_from or "?", seconds)
+    return own, wide, interval
 
 
 def table(runs: list[Run], *, fresh: int) -> list[str]:

@@ -384,7 +384,22 @@ class ScoreResult(BaseModel):
     machine_id: str | None = Field(
         None, description="The machine ID asked for (`machine_id`), as two digits; null when none was given."
     )
-    score: float = Field(description="Mean reconstruction error over all patches.")
+    score: float = Field(
+        description=(
+            "The clip's anomaly score: the reconstruction error pooled over its patches or, for a "
+            "model that fuses scorers (`scoring` in GET /v1/models/{name}; the default CAE does), "
+            "5 + the mean of each scorer's score standardised on held-out normal clips of the ID, "
+            "so that 5 is typical of normal sound."
+        )
+    )
+    components: dict[str, float] | None = Field(
+        None,
+        description=(
+            "Each fused scorer's own score before standardisation: `cae`, the pooled reconstruction "
+            "error, and `envelope`, the distance of the clip's band levels from normal ones. null for "
+            "a model scored by its reconstruction error alone."
+        ),
+    )
     threshold: float = Field(description="The threshold the decision used (see `threshold_scope`).")
     threshold_scope: Literal["machine_id", "model"] = Field(
         description=(
@@ -408,7 +423,9 @@ class ScoreResult(BaseModel):
         )
     )
     clip: ClipInfo
-    segments: list[Segment] = Field(description="Patch errors grouped into segments of about 1 s.")
+    segments: list[Segment] = Field(
+        description="The patches' scores, on the scale of `score`, grouped into segments of about 1 s."
+    )
     worst_segment: int = Field(description="Index of the segment with the highest score.")
     n_patches: int
     processing_ms: float = Field(description="Decode, features and inference time.")

@@ -131,6 +131,7 @@ def score_upload(
         model=model,
         machine_id=chosen.machine_id,
         score=scored.score,
+        components=scored.components,
         threshold=value,
         threshold_scope=chosen.scope,
         false_alarm_rate=chosen.false_alarm_rate,

@@ -26,9 +26,12 @@ from training.dataset import parse_ids
 from training.errors import BenchmarkConfigError, DatasetError
 
 # Name -> extra `asd-train fit` arguments. New scorers join by adding an entry.
+# `cae` is whatever `fit` does by default (the CAE fused with the envelope scorer); `cae-plain`
+# is the CAE's reconstruction error alone, to show what the fusion adds.
 DETECTORS: dict[str, tuple[str, ...]] = {
     "cae": (),
     "dense": ("--arch", "dense"),
+    "cae-plain": ("--scorer", "cae"),
 }
 BASELINE = "dense"
 DEFAULT_SNR = "default"

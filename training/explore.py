@@ -32,6 +32,7 @@ from scipy import signal
 from service.audio import AudioError, Channel, read_audio
 from service.detector import Detector, DetectorError
 from service.features import FeatureParams, log_mel
+from training.dataset import parse_name
 from training.errors import ExploreError
 from training.options import add_channel_argument
 
@@ -54,36 +55,26 @@ class Reconstruction:
     squared_error : (n_mels, t) (input - output)² per patch, overlap-averaged; NaN likewise
     patch_errors : (n_patches,) mean squared error per patch, the same as
         `Detector.score(...).patch_errors`
+    patch_scores : (n_patches,) each patch on the scale of the clip score
+        (`Score.segment_values`): the errors themselves unless the model fuses
+        scorers
     patch_start, patch_end : (n_patches,) seconds
     mel_errors : (n_mels,) mean squared error per mel bin over all patches;
-        its mean is the clip score
-    score : the clip score (mean of `patch_errors`)
-    threshold : the model's threshold (anomalous when score > threshold)
+        its mean is the mean patch error
+    score : the clip score the service answers (`Detector.score`)
+    threshold : the threshold it is compared with (the machine ID's own when one is given)
     """
 
     spec: np.ndarray
     reconstruction: np.ndarray
     squared_error: np.ndarray
     patch_errors: np.ndarray
+    patch_scores: np.ndarray
     patch_start: np.ndarray
     patch_end: np.ndarray
     mel_errors: np.ndarray
     score: float
     threshold: float
-
-
-def batch_to_patches(batch: np.ndarray, *, arch: str, n_mels: int, frames: int) -> np.ndarray:
-    """Undo `Detector.model_inputs`' layout: model batch → patches of shape (N, n_mels, frames).
-
-    "cae" batches are (N, n_mels, frames, 1); "dense" batches are
-    (N, frames * n_mels), consecutive frames concatenated (frame-major).
-    """
-    batch = np.asarray(batch)
-    if arch == "cae":
-        return batch.reshape(len(batch), n_mels, frames)
-    if arch == "dense":
-        return batch.reshape(len(batch), frames, n_mels).transpose(0, 2, 1)
-    raise ValueError(f"unknown model architecture {arch!r}")
 
 
 def patches_to_spectrogram(patches: np.ndarray, starts: np.ndarray, n_frames: int) -> np.ndarray:
@@ -115,35 +106,44 @@ def patches_to_spectrogram(patches: np.ndarray, starts: np.ndarray, n_frames: in
     return out.astype(np.float32)
 
 
-def reconstruct_clip(detector: Detector, samples: np.ndarray) -> Reconstruction:
-    """Run a mono waveform (at the model's rate) through the detector and keep every intermediate."""
+def reconstruct_clip(
+    detector: Detector, samples: np.ndarray, *, machine_id: str | None = None
+) -> Reconstruction:
+    """Run a mono waveform (at the model's rate) through the detector and keep every intermediate.
+
+    `machine_id` scores the clip as a request naming it would be (that ID's threshold and, in a
+    fused model, its envelope Gaussian).
+    """
     if samples.size < detector.min_samples:
         need = detector.min_samples / detector.params.sample_rate
         raise ExploreError(
             f"clip is {samples.size / detector.params.sample_rate:.3f} s long; "
             f"the model needs at least {need:.3f} s"
         )
+    scored = detector.score(samples, machine_id=machine_id)
     spec = detector.features(samples)
     batch, starts = detector.model_inputs(spec)
-    output = detector.reconstruct(batch)
-    arch, n_mels, frames = detector.bundle.model.arch, detector.params.n_mels, detector.frames
-    inputs = batch_to_patches(batch, arch=arch, n_mels=n_mels, frames=frames)
-    recon = batch_to_patches(output, arch=arch, n_mels=n_mels, frames=frames)
+    inputs = detector.layout.by_mel(batch)
+    recon = detector.layout.by_mel(detector.reconstruct(batch))
     squared = np.square(inputs - recon)  # (N, n_mels, frames)
-    patch_errors = squared.mean(axis=(1, 2))
-    seconds_per_frame = detector.params.hop_length / detector.params.sample_rate
-    duration = samples.size / detector.params.sample_rate
     return Reconstruction(
         spec=spec,
         reconstruction=patches_to_spectrogram(recon, starts, spec.shape[1]),
         squared_error=patches_to_spectrogram(squared, starts, spec.shape[1]),
-        patch_errors=patch_errors,
-        patch_start=starts * seconds_per_frame,
-        patch_end=np.minimum((starts + detector.frames) * seconds_per_frame, duration),
+        patch_errors=squared.mean(axis=(1, 2)),
+        patch_scores=scored.segment_values,
+        patch_start=scored.patch_start,
+        patch_end=scored.patch_end,
         mel_errors=squared.mean(axis=(0, 2)),
-        score=float(patch_errors.mean()),
-        threshold=detector.threshold,
+        score=scored.score,
+        threshold=detector.bundle.threshold.for_id(machine_id).value,
     )
+
+
+def _machine_id(path: Path, detector: Detector) -> str | None:
+    """The machine ID in a DCASE file name (`..._id_02_...`) when the model knows it, else None."""
+    found = parse_name(path.name, default_id="").machine_id
+    return found if found in detector.bundle.machine_ids else None
 
 
 def _titles(paths: Sequence[Path]) -> list[str]:
@@ -315,14 +315,17 @@ def _reconstruction_figure(
     # Input and reconstruction on one colour scale: a darker reconstruction is one that lost energy.
     spec_limits = _limits([r.spec for r in recons] + [r.reconstruction for r in recons])
     error_limits = _limits([r.squared_error for r in recons], low=0.0, high=99.0)
-    threshold = detector.threshold
-    relative = threshold > 0  # a non-positive threshold cannot serve as a unit
-    unit = threshold if relative else 1.0
-    time_high = max(float(np.max(r.patch_errors)) for r in recons) / unit
+    # Each clip against its own threshold (its machine ID's), as a unit where it can serve as one.
+    relative = all(r.threshold > 0 for r in recons)
+    time_high = max(float(np.max(r.patch_scores)) / (r.threshold if relative else 1.0) for r in recons)
+    # The per-band errors are on the score's scale only when the score is their mean.
+    errors_are_scores = detector.bundle.scoring is None
     mel_high = max(float(np.max(r.mel_errors)) for r in recons)
     for column, (r, title) in enumerate(zip(recons, titles, strict=True)):
         by_row = dict(zip(rows, axes[:, column], strict=True))
         extent = (0, r.spec.shape[1] * seconds_per_frame, 0, params.n_mels)
+        threshold = r.threshold
+        unit = threshold if relative else 1.0
         verdict = "anomalous" if r.score > threshold else "normal"
         by_row["input"].set_title(
             f"{title}\nscore {r.score:.4g} / threshold {threshold:.4g} → {verdict}", fontsize=9
@@ -339,18 +342,18 @@ def _reconstruction_figure(
                 fig.colorbar(image, ax=by_row[name], label=label)
 
         ax = by_row["time"]
-        above = r.patch_errors > threshold
+        above = r.patch_scores > threshold
         for start, end in zip(r.patch_start[above], r.patch_end[above], strict=True):
             # Shade where a patch alone would exceed the threshold: where the clip sounds wrong.
             ax.axvspan(start, end, color="tab:red", alpha=0.12, linewidth=0)
         centres = (r.patch_start + r.patch_end) / 2
         ax.plot(
             centres,
-            r.patch_errors / unit,
+            r.patch_scores / unit,
             marker=".",
             color="tab:red",
             linewidth=1,
-            label="patch error (at patch centre)",
+            label=("patch error" if errors_are_scores else "patch score") + " (at patch centre)",
         )
         ax.axhline(threshold / unit, color="black", linestyle="--", linewidth=1, label="threshold")
         ax.axhline(r.score / unit, color="tab:blue", linestyle=":", linewidth=1, label="clip score")
@@ -358,7 +361,7 @@ def _reconstruction_figure(
             xlim=extent[:2],
             ylim=(0, max(time_high, 1.0) * 1.12),
             xlabel="time (s)",
-            ylabel="error / threshold" if relative else "error",
+            ylabel=("score / threshold" if relative else "score"),
         )
         ax.legend(fontsize=7, loc="lower right")
 
@@ -370,10 +373,10 @@ def _reconstruction_figure(
             linewidth=1,
             label="mean squared error per mel band",
         )
-        ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
-        ax.set(
-            xlim=(0, params.n_mels), ylim=(0, max(mel_high, threshold) * 1.12), ylabel="mean squared error"
-        )
+        if errors_are_scores:
+            ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
+        top = max(mel_high, threshold) if errors_are_scores else mel_high
+        ax.set(xlim=(0, params.n_mels), ylim=(0, top * 1.12), ylabel="mean squared error")
         _mel_axis(ax, params, axis="x")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"model {detector.name}: where the reconstruction differs from the clip", fontsize=11)
@@ -428,7 +431,10 @@ def explore(
         _explore_figure(clips, titles, params, mel_basis=mel_basis, chroma=chroma, path=out / EXPLORE_FIGURE)
     ]
     if detector is not None:
-        recons = [reconstruct_clip(detector, y) for y in clips]
+        recons = [
+            reconstruct_clip(detector, y, machine_id=_machine_id(path, detector))
+            for path, y in zip(files, clips, strict=True)
+        ]
         written.append(_reconstruction_figure(recons, titles, detector, path=out / RECONSTRUCTION_FIGURE))
     return written
 

@@ -30,7 +30,7 @@ ScorerChoice = Literal["cae", "cae+envelope"]
 SCORERS: tuple[ScorerChoice, ...] = ("cae", "cae+envelope")
 # The clip score per architecture: `cae` is the autoencoder's reconstruction error alone (for the
 # dense baseline too, which stays the DCASE recipe); `cae+envelope` fuses it with the envelope scorer.
-ARCH_SCORERS: dict[str, ScorerChoice] = {"cae": "cae", "dense": "cae"}
+ARCH_SCORERS: dict[str, ScorerChoice] = {"cae": "cae+envelope", "dense": "cae"}
 
 CalibrationMode = Literal["auto", "cross-fit", "holdout"]
 # `auto` cross-fits while the smallest machine ID has fewer clips than this: a

@@ -53,6 +53,8 @@ def test_detectors_are_data_picked_and_added() -> None:
     redefined = build_config(definitions=["dense=--arch dense --epochs 1"])
     assert redefined.detectors["dense"] == ("--arch", "dense", "--epochs", "1")
     assert build_config(fit_seeds="3,4").fit_seeds == (3, 4)
+    # The built-in plain CAE is picked by name and runs fit with the reconstruction error alone.
+    assert build_config(detectors="cae,cae-plain").detectors == {"cae": (), "cae-plain": ("--scorer", "cae")}
     assert [s.text for s in build_config(snr="DEFAULT,3,-6:0.0").snrs] == ["default", "3", "-6:0"]
 
 

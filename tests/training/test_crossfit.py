@@ -27,7 +27,7 @@ CLIPS = {"00": 10, "02": 12}
 
 @pytest.fixture(scope="module")
 def cross_fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[FitSummary, Path, str]:
-    """A tiny CAE cross-fitted (2 folds) on 10 clips of ID 00 and 12 of ID 02, the fewest `fit` takes."""
+    """A tiny plain CAE cross-fitted (2 folds) on 10 clips of ID 00 and 12 of ID 02, the fewest `fit` takes."""
     root = tmp_path_factory.mktemp("few")
     generate_dataset(
         root, ids=IDS, n_train=max(CLIPS.values()), n_test_normal=0, n_test_anomaly=0, seed=4, duration=2.0
@@ -43,6 +43,7 @@ def cross_fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[FitSummary, 
         seed=5,
         folds=2,
         cae=CaeConfig(filters=(4, 8), bottleneck=4),
+        scorer="cae",  # the CAE's cross-fit alone; test_fused_fit.py fuses the envelope scorer
         progress=False,
     )
     out = tmp_path_factory.mktemp("models") / "few"
@@ -167,7 +168,7 @@ def test_out_of_fold_scores_are_put_on_the_final_models_level(monkeypatch: pytes
     monkeypatch.setattr(crossfit_module, "train_keras", fake_train)
     monkeypatch.setattr(crossfit_module, "raw_scores_with_model", fake_raw)
     monkeypatch.setattr(crossfit_module, "score_with_model", fake_score)
-    options = FitOptions(frames=16, patch_hop=8, folds=5, progress=False).resolved()
+    options = FitOptions(frames=16, patch_hop=8, folds=5, scorer="cae", progress=False).resolved()
     trained = crossfit_module.fit_cross(clips, options, io.StringIO(), data_root="x")
     scores = trained.calibration.scores
     expected = np.array([100.0 + gap[c.file.path] + 0.5 for c in clips])

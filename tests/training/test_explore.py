@@ -8,11 +8,10 @@ from service.audio import read_audio
 from service.detector import Detector
 from service.features import FeatureParams
 from service.patches import PatchLayout
-from tests.training.tiny_detector import clip, make_detector
+from tests.training.tiny_detector import clip, make_detector, two_id_fused_scoring
 from training.errors import ExploreError
 from training.explore import (
     add_explore_arguments,
-    batch_to_patches,
     explore,
     patches_to_spectrogram,
     reconstruct_clip,
@@ -52,16 +51,6 @@ def test_patches_are_reassembled_by_overlap_averaging():
 
 
 @pytest.mark.parametrize("arch", ["cae", "dense"])
-def test_batch_layout_is_undone(detectors, arch):
-    detector = detectors[arch]
-    spec = detector.features(clip(seed=1, anomalous=False))
-    batch, _starts = detector.model_inputs(spec)
-    cut, _ = detector.layout.cut(spec)
-    undone = batch_to_patches(batch, arch=arch, n_mels=detector.params.n_mels, frames=detector.frames)
-    np.testing.assert_array_equal(undone, cut)
-
-
-@pytest.mark.parametrize("arch", ["cae", "dense"])
 def test_reconstruction_matches_the_detector_score(detectors, arch):
     detector = detectors[arch]
     y = clip(seed=2, anomalous=True)
@@ -71,6 +60,7 @@ def test_reconstruction_matches_the_detector_score(detectors, arch):
     np.testing.assert_allclose(recon.patch_start, score.patch_start)
     np.testing.assert_allclose(recon.patch_end, score.patch_end)
     assert recon.score == pytest.approx(score.score, rel=1e-5)
+    np.testing.assert_allclose(recon.patch_scores, recon.patch_errors, rtol=1e-6)  # no fusion
     # Every patch has the same number of cells per mel bin, so the per-bin errors average to the score.
     assert recon.mel_errors.shape == (detector.params.n_mels,)
     assert recon.mel_errors.mean() == pytest.approx(score.score, rel=1e-4)
@@ -146,3 +136,39 @@ def test_run_explore_exit_status(tmp_path, capsys):
     args = parser.parse_args([str(good), "--out", str(tmp_path / "figs"), "--no-chroma", "--channel", "0"])
     assert run_explore(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "figs" / "explore.png")
+
+
+def test_a_fused_model_is_drawn_with_the_score_and_threshold_the_service_answers(tmp_path, monkeypatch):
+    probe = Detector(make_detector(tmp_path / "probe")).score(clip(seed=0, anomalous=False))
+    assert probe.band_db is not None
+    scoring = two_id_fused_scoring(probe.score, probe.band_db)
+    detector = Detector(make_detector(tmp_path / "fused", scoring=scoring, threshold=5.5, per_id={"02": 9.0}))
+    y = clip(seed=3, anomalous=False)
+    for machine_id, threshold in ((None, 5.5), ("02", 9.0)):
+        recon = reconstruct_clip(detector, y, machine_id=machine_id)
+        scored = detector.score(y, machine_id=machine_id)
+        assert recon.score == pytest.approx(scored.score) and recon.threshold == threshold
+        np.testing.assert_allclose(recon.patch_scores, scored.segment_values)
+        # The errors stay the CAE's; the fused score is on another scale.
+        np.testing.assert_allclose(recon.patch_errors, scored.patch_errors, rtol=1e-5)
+        assert recon.score != pytest.approx(float(recon.patch_errors.mean()))
+    assert reconstruct_clip(detector, y, machine_id="02").score != pytest.approx(
+        reconstruct_clip(detector, y).score
+    )
+
+    # The command takes the ID from a DCASE file name when the model knows it, and draws the figure.
+    import training.explore as module
+
+    asked = []
+
+    def recording(detector, samples, *, machine_id=None):
+        asked.append(machine_id)
+        return reconstruct_clip(detector, samples, machine_id=machine_id)
+
+    monkeypatch.setattr(module, "reconstruct_clip", recording)
+    paths = [tmp_path / name for name in ("normal_id_02_00000000.wav", "normal_id_04_00000000.wav", "a.wav")]
+    for path in paths:
+        sf.write(path, y, 16000)
+    written = explore(paths, tmp_path / "out", model_dir=detector.folder, chroma=False)
+    assert [p.name for p in written] == ["explore.png", "reconstruction.png"]
+    assert asked == ["02", None, None]  # 04 is not one of the model's IDs (00, 02)

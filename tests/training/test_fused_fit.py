@@ -92,7 +92,7 @@ def test_a_6_db_louder_clip_stands_out_of_the_fused_score_far_more(fits, data_ro
     assert separation["fused"] > 3 * separation["cae"], separation
 
 
-def test_the_default_fit_writes_no_scoring_section(fits) -> None:
+def test_the_plain_cae_fit_writes_no_scoring_section(fits) -> None:
     summary, out = fits["cae"]
     assert Bundle.read(out).scoring is None and summary.raw_scores is None
     assert summary.calibration_scores_wide is None
@@ -188,6 +188,12 @@ def test_pooling_options_are_checked_before_training() -> None:
     with pytest.raises(DatasetError, match="scorer"):
         FitOptions(scorer="envelope").resolved()  # type: ignore[arg-type]
     assert FitOptions(pooling="topk").resolved().pooling_param == 0.1
+
+
+def test_the_cae_fuses_the_envelope_scorer_by_default_and_the_dense_baseline_does_not() -> None:
+    assert FitOptions().resolved().fused
+    assert not FitOptions(arch="dense").resolved().fused
+    assert not FitOptions(scorer="cae").resolved().fused
 
 
 def test_evaluation_scores_each_clip_as_a_request_naming_its_machine(fits, data_root: Path) -> None:

@@ -14,37 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from service.bundle import Scoring, ScoringEntry
 from service.detector import Detector, Score
-from service.scorers import band_edges
 from service.scoring import choose_threshold, score_upload
-from tests.training.tiny_detector import clip, fused_entry, make_detector, write_test_set
+from tests.training.tiny_detector import clip, make_detector, two_id_fused_scoring, write_test_set
 from training.clip_scores import find_test_clips, score_clips
 from training.evaluate import score_files
 from training.export import score_paths
-
-
-def _fused(score: float, band_db: np.ndarray) -> Scoring:
-    """cae+envelope around a probe clip; ID 02 has an entry of its own, so its clips score otherwise."""
-    edges = band_edges(n_mels=band_db.size)
-    levels = band_db + np.random.default_rng(0).normal(0.0, 1.0, size=(40, band_db.size))
-
-    def entry(shift_db: float, cae_std: float) -> ScoringEntry:
-        return fused_entry(levels + shift_db, cae=(score, cae_std * score), envelope=(6.0, 1.0))
-
-    return Scoring(
-        pooling="topk",
-        pooling_param=0.25,
-        scorers=["cae", "envelope"],
-        band_edges=edges,
-        offset=5.0,
-        standardised_from="holdout",
-        model_wide=entry(0.0, 0.1),
-        per_id={"02": entry(10.0, 0.2)},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +32,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     detectors = {
         "cae": Detector(make_detector(root / "cae", arch="cae", factor=0.5)),
         "dense": Detector(make_detector(root / "dense", arch="dense", factor=0.7)),
-        "fused": Detector(make_detector(root / "fused", scoring=_fused(probe.score, probe.band_db))),
+        "fused": Detector(
+            make_detector(root / "fused", scoring=two_id_fused_scoring(probe.score, probe.band_db))
+        ),
     }
     clips = find_test_clips(write_test_set(root / "data", n_normal=2, n_anomaly=2), "slider")
     return {"detectors": detectors, "clips": clips}

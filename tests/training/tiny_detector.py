@@ -160,6 +160,27 @@ def fused_entry(
     )
 
 
+def two_id_fused_scoring(score: float, band_db: np.ndarray) -> Scoring:
+    """cae+envelope around a probe clip's score and bands; ID 02 has an entry of its own, 10 dB
+    louder, so its clips score otherwise with their ID than without."""
+    edges = band_edges(n_mels=band_db.size)
+    levels = band_db + np.random.default_rng(0).normal(0.0, 1.0, size=(40, band_db.size))
+
+    def entry(shift_db: float, cae_std: float) -> ScoringEntry:
+        return fused_entry(levels + shift_db, cae=(score, cae_std * score), envelope=(6.0, 1.0))
+
+    return Scoring(
+        pooling="topk",
+        pooling_param=0.25,
+        scorers=["cae", "envelope"],
+        band_edges=edges,
+        offset=5.0,
+        standardised_from="holdout",
+        model_wide=entry(0.0, 0.1),
+        per_id={"02": entry(10.0, 0.2)},
+    )
+
+
 def with_threshold(folder: Path, value: float) -> None:
     """Rewrite a detector folder's threshold value (the graph is unchanged)."""
     bundle = Bundle.read(folder)
