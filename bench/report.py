@@ -327,7 +327,7 @@ def render(results: Results, *, quick: bool = False) -> str:
     if results.checks:
         out += ["Scores agree (largest relative difference over all clips):", ""]
         names = {
-            "ours_vs_detector_max_rel_diff": "ours (`score_upload`) vs `read_audio` + `Detector.score`",
+            "ours_vs_detector_max_rel_diff": "ours (`score_upload`) vs `Detector.score_file`",
             "ours_vs_training_score_files_max_rel_diff": "ours vs `training.evaluate.score_files`",
             "ours_vs_naive_max_rel_diff": "ours vs the naive pipeline (librosa features, Keras inference)",
             "ours_one_thread_vs_ours_max_rel_diff": "ours on 1 onnxruntime thread vs ours on the default threads",

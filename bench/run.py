@@ -199,9 +199,9 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         arch=bundle.model.arch,
         frames=bundle.patching.frames,
         hop=bundle.patching.hop,
-        patches_per_10s=1
-        + (detector.params.n_frames(10 * detector.params.sample_rate) - bundle.patching.frames)
-        // bundle.patching.hop,
+        patches_per_10s=int(
+            detector.layout.starts(detector.params.n_frames(10 * detector.params.sample_rate)).size
+        ),
         packed_mel_filters=bundle.features.mel_filters is not None,
         intra_op_threads_in_process=settings_1.intra_op_threads,
         onnx_bytes=(model_dir / bundle.model.file).stat().st_size,

@@ -17,10 +17,13 @@ from typing import Any, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.bundle_scoring import (
+    ScoresFrom,
+    Scoring,
+)
 from service.errors import UnknownMachineIdError
 from service.features import FeatureParams, mel_filterbank, pack_filters, unpack_filters
 from service.inputcheck import Fingerprint
-from service.scorers import check_pooling
 
 
 def normalize_machine_id(raw: str) -> str:
@@ -33,7 +36,8 @@ def normalize_machine_id(raw: str) -> str:
 
 # 2 added per-ID thresholds, false-alarm curves, calibration history and the
 # input fingerprint; every addition is optional, so format 1 folders still load.
-# The later `scoring` section is optional too: without it a folder scores as before.
+# The later `scoring` section is optional too: without it a folder scores as before; a folder
+# without `model.precision` holds an fp32 graph.
 FORMAT_VERSION: Final = 2
 THRESHOLD_FILE = "threshold.json"
 MODEL_FILE = "model.onnx"
@@ -116,6 +120,9 @@ class Normalization(_Strict):
         return self
 
 
+Precision = Literal["fp32", "int8"]
+
+
 class OnnxModel(_Strict):
     file: str = MODEL_FILE
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -123,6 +130,13 @@ class OnnxModel(_Strict):
     input_name: str
     output_name: str
     opset: int = Field(ge=17)
+    precision: Precision = Field(
+        "fp32",
+        description=(
+            "The graph's arithmetic: fp32, or int8 weights and activations from static quantization "
+            "(`asd-train quantize`, `asd-train fit --precision int8`), its thresholds fitted to its own scores."
+        ),
+    )
 
 
 class GammaFit(_Strict):
@@ -214,9 +228,6 @@ class ThresholdFit(_Strict):
         return self.curve.threshold_for(rate)
 
 
-ScoresFrom = Literal["holdout", "cross_fit", "site"]
-
-
 class CalibrationEvent(_Strict):
     """One on-site recalibration (`asd-train calibrate`): what changed and from what."""
 
@@ -255,138 +266,6 @@ class Threshold(ThresholdFit):
         """The machine ID's own fit when it has one, else the model-wide one."""
         if machine_id is not None and self.per_id and machine_id in self.per_id:
             return self.per_id[machine_id]
-        return self
-
-
-Pooling = Literal["mean", "max", "topk", "gwrp"]
-ScorerName = Literal["cae", "envelope"]
-
-
-class EnvelopeModel(_Strict):
-    """A Gaussian on a clip's mean log-mel level in coarse bands (dB): `service.scorers`."""
-
-    mean: list[float] = Field(min_length=1, description="Mean level per coarse band, dB, shape (k,).")
-    precision: list[list[float]] = Field(
-        description="Inverse of the Ledoit-Wolf shrunk covariance (k, k): symmetric, positive definite."
-    )
-    shrinkage: float = Field(ge=0, le=1, description="Ledoit-Wolf weight of the scaled-identity target.")
-    n_clips: int = Field(ge=2, description="Training clips the Gaussian was fitted on.")
-
-    @model_validator(mode="after")
-    def _positive_definite(self) -> EnvelopeModel:
-        k = len(self.mean)
-        matrix = (
-            np.asarray(self.precision, dtype=np.float64)
-            if all(len(row) == k for row in self.precision) and len(self.precision) == k
-            else None
-        )
-        if matrix is None:
-            raise ValueError(f"envelope precision must be {k} x {k}, as its mean has {k} bands")
-        if not (np.isfinite(matrix).all() and np.isfinite(self.mean).all()):
-            raise ValueError("envelope mean and precision must be finite")
-        if not np.allclose(matrix, matrix.T, rtol=1e-9, atol=0.0):
-            raise ValueError("envelope precision must be symmetric")
-        try:
-            np.linalg.cholesky(matrix)
-        except np.linalg.LinAlgError:
-            raise ValueError("envelope precision must be positive definite") from None
-        return self
-
-
-class Standardisation(_Strict):
-    """One scorer's scores on held-out normal clips: its standardised score is `(s - mean) / std`."""
-
-    mean: float
-    std: float = Field(gt=0)
-    n_clips: int = Field(ge=2)
-
-    @model_validator(mode="after")
-    def _finite(self) -> Standardisation:
-        if not (np.isfinite(self.mean) and np.isfinite(self.std)):
-            raise ValueError("standardisation mean and std must be finite")
-        return self
-
-
-def _cae_only() -> list[ScorerName]:
-    return ["cae"]
-
-
-class ScoringEntry(_Strict):
-    """What scores the clips of one machine ID, or of any ID (the model-wide entry)."""
-
-    envelope: EnvelopeModel
-    standardisation: dict[ScorerName, Standardisation] = Field(
-        description="Per scorer: the mean and std of its scores on held-out normal clips of this ID."
-    )
-
-
-class Scoring(_Strict):
-    """How patch errors and other scorers become the clip score; absent: the CAE's mean patch error.
-
-    With `scorers` ["cae", "envelope"] the score is
-    `offset + mean_j max((s_j - mean_j) / std_j, -offset)` over the CAE's
-    pooled error and the envelope's Mahalanobis distance, with the machine
-    ID's entry (`per_id`) when the request names an ID that has one, else the
-    model-wide entry (`service.scorers`).
-    """
-
-    pooling: Pooling = "mean"
-    pooling_param: float | None = Field(
-        None, description="topk: a fraction of the patches (< 1) or a count; gwrp: the ratio r in (0, 1]."
-    )
-    scorers: list[ScorerName] = Field(default_factory=_cae_only)
-    band_edges: list[int] | None = Field(
-        None, description="Mel-bin boundaries of the envelope's coarse bands, 0 ... n_mels."
-    )
-    offset: float | None = Field(None, gt=0, description="Keeps fused scores positive (see above).")
-    standardised_from: ScoresFrom | None = Field(
-        None, description="Held-out scores the standardisation came from: holdout or cross_fit (out-of-fold)."
-    )
-    model_wide: ScoringEntry | None = None
-    per_id: dict[str, ScoringEntry] | None = Field(
-        None, description="Machine IDs with their own envelope model and standardisation."
-    )
-
-    @property
-    def fused(self) -> bool:
-        return len(self.scorers) > 1
-
-    def entry_for(self, machine_id: str | None) -> tuple[str | None, ScoringEntry | None]:
-        """(the ID whose entry applies, or None for the model-wide one; the entry, None when not fused)."""
-        if machine_id is not None and self.per_id and machine_id in self.per_id:
-            return machine_id, self.per_id[machine_id]
-        return None, self.model_wide
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Scoring:
-        if check_pooling(self.pooling, self.pooling_param) != self.pooling_param:
-            raise ValueError(f"pooling {self.pooling} needs its parameter stated (pooling_param)")
-        if self.scorers not in (["cae"], ["cae", "envelope"]):
-            raise ValueError(f'scorers must be ["cae"] or ["cae", "envelope"], got {self.scorers}')
-        parts = (self.band_edges, self.offset, self.standardised_from, self.model_wide, self.per_id)
-        if not self.fused:
-            if any(part is not None for part in parts):
-                raise ValueError(
-                    "band_edges, offset, standardised_from, model_wide and per_id belong to "
-                    "fused scorers only"
-                )
-            return self
-        if self.band_edges is None or self.offset is None or self.model_wide is None:
-            raise ValueError("the envelope scorer needs band_edges, offset and model_wide")
-        edges = np.asarray(self.band_edges)
-        if edges.size < 2 or edges[0] != 0 or np.any(np.diff(edges) <= 0):
-            raise ValueError("band_edges must increase strictly from 0")
-        for name, entry in [("model_wide", self.model_wide), *(self.per_id or {}).items()]:
-            if len(entry.envelope.mean) != edges.size - 1:
-                raise ValueError(
-                    f"scoring entry {name}: {len(entry.envelope.mean)} envelope bands, "
-                    f"band_edges give {edges.size - 1}"
-                )
-            if sorted(entry.standardisation) != sorted(self.scorers):
-                raise ValueError(
-                    f"scoring entry {name}: standardisation of {sorted(entry.standardisation)}, "
-                    f"scorers are {self.scorers}"
-                )
         return self
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.audio import Channel, Clip, read_audio
-from service.bundle import Bundle, Scoring, ScoringEntry, sha256_of
+from service.bundle import Bundle, sha256_of
+from service.bundle_scoring import Scoring, ScoringEntry
 from service.errors import (
     AudioError,
     ClipTooShortError,
@@ -67,7 +68,7 @@ class Score:
     per mel bin in dB before standardisation, shape (n_mels,), for the input
     checks (`service.inputcheck`) and the envelope scorer.
 
-    A bundle with a `scoring` section (`service.bundle.Scoring`) pools the
+    A bundle with a `scoring` section (`service.bundle_scoring.Scoring`) pools the
     patch errors otherwise and may fuse scorers: then `patch_scores`, shape
     (n_patches,), puts each patch on the scale of `score` (for segments),
     `components` holds each scorer's raw score (the CAE's pooled error, the
@@ -170,6 +171,10 @@ class Detector:
             ) from None
         # The filter bank's non-zero runs, found once per model rather than per clip.
         self._mel = MelProjection(self._mel_basis)
+        self._mel_hz = band_centres_hz(
+            self._mel_basis, sample_rate=self.params.sample_rate, n_fft=self.params.n_fft
+        )
+        self._mel_hz.setflags(write=False)  # one array for every caller
         patching = self.bundle.patching
         self.layout = PatchLayout(
             frames=patching.frames, hop=patching.hop, arch=self.bundle.model.arch, params=self.params
@@ -227,8 +232,8 @@ class Detector:
 
     @property
     def mel_hz(self) -> np.ndarray:
-        """Each mel band's centre (its largest filter weight) in Hz, shape (n_mels,)."""
-        return band_centres_hz(self._mel_basis, sample_rate=self.params.sample_rate, n_fft=self.params.n_fft)
+        """Each mel band's centre (its largest filter weight) in Hz, shape (n_mels,), read-only."""
+        return self._mel_hz
 
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """Log-mel in dB before standardisation, shape (n_mels, t), float32."""

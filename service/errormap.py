@@ -3,42 +3,56 @@
 `Detector.score(error_map=True)` gives the squared error per mel bin and frame
 and the log-mel in dB; a 10 s clip has 128 x 313 of each. An answer carries
 them as block means on a grid of at most `MAX_ROWS` x `MAX_COLUMNS` cells,
-rounded to `DIGITS` significant digits (enough for a picture, and the JSON
-stays near 100 kB; levels in tenths of a dB), with the region of the highest mean error marked.
+with the region of the highest mean error marked. Each grid travels as its
+cells' bytes in `GRID_DTYPE` (little-endian float32, row-major, row 0 the
+lowest band), base64url in the JSON (`service.schemas.ErrorMap`): 16,000
+numbers written as JSON text would cost the server more than computing the
+map, the bytes next to nothing, and float32 keeps every digit the cells have.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
 from service.detector import Score
 from service.schemas import ErrorMap, MapRegion
 
-__all__ = ["DIGITS", "MAX_COLUMNS", "MAX_ROWS", "block_means", "error_map", "round_significant"]
+__all__ = ["GRID_DTYPE", "MAX_COLUMNS", "MAX_ROWS", "block_edges", "block_means", "error_map", "worst_region"]
 
 MAX_ROWS = 64
 MAX_COLUMNS = 128
-DIGITS = 3
+GRID_DTYPE = np.dtype("<f4")
 # The marked region: an eighth of the mel rows by about a second.
 REGION_ROW_FRACTION = 1 / 8
 REGION_SECONDS = 1.0
 
 
+@functools.lru_cache(maxsize=256)
 def block_edges(n: int, most: int) -> np.ndarray:
-    """Edges of at most `most` blocks of near-equal size over `n` items, shape (n_blocks + 1,)."""
-    if n <= most:
-        return np.arange(n + 1)
-    return np.round(np.linspace(0, n, most + 1)).astype(np.int64)
+    """Edges of at most `most` blocks of near-equal size over `n` items, shape (n_blocks + 1,), read-only."""
+    edges = np.arange(n + 1) if n <= most else np.round(np.linspace(0, n, most + 1)).astype(np.int64)
+    edges.setflags(write=False)  # cached: every caller gets this one array
+    return edges
 
 
 def _block_sums(values: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
     sizes = np.diff(edges)
-    if values.shape[axis] == edges[-1] and (sizes == sizes[0]).all():
-        # Equal blocks (128 mel bins in 64 rows): a reshape, much cheaper than reduceat.
+    n = values.shape[axis]
+    if n == edges[-1] and (sizes == sizes[0]).all():
+        # Equal blocks (128 mel bins in 64 rows): a reshape.
         shape = list(values.shape)
         shape[axis : axis + 1] = [len(sizes), int(sizes[0])]
         return np.asarray(values.reshape(shape).sum(axis=axis + 1))
-    return np.add.reduceat(values, edges[:-1], axis=axis)
+    # Unequal blocks (313 frames in 128 columns, 2 or 3 each): the i-th item of every block
+    # gathered at once for each i (an appended zero for blocks shorter than i + 1), then
+    # summed over i; np.add.reduceat does the same one block at a time, far slower.
+    offsets = np.arange(int(sizes.max()))[:, None]
+    index = np.where(offsets < sizes, edges[:-1] + offsets, n)
+    zero = np.zeros_like(values, shape=(*values.shape[:axis], 1, *values.shape[axis + 1 :]))
+    padded = np.concatenate([values, zero], axis=axis)
+    return np.asarray(padded[(slice(None),) * axis + (index,)].sum(axis=axis))
 
 
 def block_means(values: np.ndarray, row_edges: np.ndarray, column_edges: np.ndarray) -> np.ndarray:
@@ -48,33 +62,38 @@ def block_means(values: np.ndarray, row_edges: np.ndarray, column_edges: np.ndar
     return np.asarray(sums / sizes)
 
 
-# Powers of ten from a lookup: `10.0 ** k` per element is the slow part of rounding.
-_POWERS = 10.0 ** np.arange(-40, 41)
+def _window_sums(values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Sums of every `size` consecutive items along `axis`: `n - size + 1` of them on that axis.
 
+    By doubling: sums of 1, 2, 4, ... items, and the result from those that make up `size`;
+    a few whole-array additions instead of a cumulative sum, which numpy does item by item.
+    """
 
-def round_significant(values: np.ndarray, digits: int = DIGITS) -> np.ndarray:
-    """`values` rounded to `digits` significant digits (zeros stay zero), float64."""
-    values = np.asarray(values, dtype=np.float64)
-    size = np.abs(values)
-    magnitude = np.floor(np.log10(size, where=size > 0, out=np.zeros_like(values)))
-    places = np.clip(digits - 1 - magnitude, -40, 40).astype(np.int64)
-    # Dividing by an exact power of ten (rather than multiplying by 10**-k) gives the
-    # double nearest the decimal, so the JSON shows "0.123", not "0.12300000000000001".
-    up = _POWERS[np.maximum(places, 0) + 40]
-    down = _POWERS[np.maximum(-places, 0) + 40]
-    return np.asarray(np.round(values * up / down) * down / up)
+    def part(array: np.ndarray, start: int, length: int) -> np.ndarray:
+        return array[(slice(None),) * axis + (slice(start, start + length),)]
+
+    count = values.shape[axis] - size + 1
+    spans, span, offset = values, 1, 0  # spans[i]: the sum of `span` items from i on
+    pieces = []
+    while span <= size:
+        if size & span:
+            pieces.append(part(spans, offset, count))
+            offset += span
+        if 2 * span <= size:
+            length = spans.shape[axis] - span
+            spans = part(spans, 0, length) + part(spans, span, length)
+        span *= 2
+    total = pieces[0].copy()
+    for piece in pieces[1:]:
+        total += piece
+    return total
 
 
 def worst_region(errors: np.ndarray, *, rows: int, columns: int) -> tuple[int, int, float]:
     """Top-left cell (row, column) of the `rows` x `columns` box with the highest mean, and that mean."""
-    # A summed-area table gives every box's sum at once.
-    table = np.zeros((errors.shape[0] + 1, errors.shape[1] + 1))
-    table[1:, 1:] = errors.cumsum(axis=0).cumsum(axis=1)
-    boxes = (
-        table[rows:, columns:] - table[:-rows, columns:] - table[rows:, :-columns] + table[:-rows, :-columns]
-    )
-    row, column = np.unravel_index(int(np.argmax(boxes)), boxes.shape)
-    return int(row), int(column), float(boxes[row, column] / (rows * columns))
+    boxes = _window_sums(_window_sums(errors.astype(np.float64), rows, 0), columns, 1)
+    row, column = divmod(int(np.argmax(boxes)), boxes.shape[1])
+    return row, column, float(boxes[row, column] / (rows * columns))
 
 
 def error_map(
@@ -92,11 +111,10 @@ def error_map(
     n_mels, n_frames = errors.shape
     rows = block_edges(n_mels, max_rows)
     columns = block_edges(n_frames, max_columns)
-    # Both pictures on one grid, reduced and rounded together: the log-mel cropped to the
-    # frames the errors cover.
-    # float32 sums of a few cells are exact enough for 3 digits; rounding works in float64.
+    # Both pictures on one grid, reduced together: the log-mel cropped to the frames the errors
+    # cover. float32 sums of a few cells lose nothing a float32 grid keeps.
     both = np.stack([errors, scored.log_mel[:, :n_frames]])
-    cells = block_means(both, rows, columns)
+    cells = block_means(both, rows, columns).astype(GRID_DTYPE, copy=False)
     error_cells = cells[0]
     row_hz = _block_sums(np.asarray(mel_hz, dtype=np.float64), rows, 0) / np.diff(rows)
     # Patch times' convention (Score.patch_end): frame edges, the last one cut at the clip's end.
@@ -116,19 +134,14 @@ def error_map(
         end_s=round(float(column_edges_s[column + box_columns]), 6),
         low_hz=round(float(row_hz[row]), 1),
         high_hz=round(float(row_hz[row + box_rows - 1]), 1),
-        error=float(round_significant(np.asarray(mean))),
+        error=float(f"{mean:.3g}"),
     )
-    error_grid = round_significant(cells[0]).tolist()
-    # Levels span no decades: tenths of a dB are 3 significant digits from 10 dB on, at half the cost.
-    level_grid = np.round(cells[1].astype(np.float64), 1).tolist()
-    # model_construct: these lists of Python floats are built here to the schema; validating
-    # 16,000 numbers again would cost more than making them.
-    return ErrorMap.model_construct(
+    return ErrorMap(
         n_rows=n_rows,
         n_columns=n_columns,
         row_hz=np.round(row_hz, 1).tolist(),
         column_edges_s=np.round(column_edges_s, 6).tolist(),
-        log_mel_db=level_grid,
-        errors=error_grid,
+        log_mel_db=cells[1].tobytes(),
+        errors=error_cells.tobytes(),
         worst=region,
     )

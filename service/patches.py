@@ -124,17 +124,21 @@ class PatchLayout:
         """Per (mel, frame) mean of per-patch values (n_patches, n_mels, frames) over the patches covering it.
 
         Returns shape (n_mels, (n_patches - 1) * hop + frames), float32: frames 0 to the end of
-        the last patch; a frame no patch covers (a hop longer than a patch) is 0.
+        the last patch; a frame no patch covers (a hop longer than a patch) is 0. Overlapping
+        patches give a transposed view (frame-major memory).
         """
         n_patches, n_mels, frames = by_mel.shape
         hop = self.hop
         if hop == frames:  # side by side (the CAE's patching): no frame is shared
             return np.ascontiguousarray(by_mel.transpose(1, 0, 2).reshape(n_mels, n_patches * frames))
-        total = np.zeros((n_mels, (n_patches - 1) * hop + frames), dtype=np.float32)
-        count = np.zeros(total.shape[1], dtype=np.float32)
+        # Summed frame by frame, each frame's mel bins side by side in memory as in the dense
+        # model's batch: whole rows added at a time rather than strided columns.
+        per_frame = by_mel.transpose(0, 2, 1)
+        total = np.zeros(((n_patches - 1) * hop + frames, n_mels), dtype=np.float32)
+        count = np.zeros((total.shape[0], 1), dtype=np.float32)
         last = (n_patches - 1) * hop + 1
         for offset in range(frames):
-            total[:, offset : offset + last : hop] += by_mel[:, :, offset].T
+            total[offset : offset + last : hop] += per_frame[:, offset]
             count[offset : offset + last : hop] += 1
         np.divide(total, count, out=total, where=count > 0)
-        return total
+        return total.T

@@ -13,15 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.bundle import (
     OnnxModel,
     Patching,
-    Pooling,
-    ScorerName,
-    ScoresFrom,
-    Scoring,
-    ScoringEntry,
-    Standardisation,
+    Precision,
     Threshold,
     Training,
 )
+from service.bundle_scoring import Pooling, ScorerName, ScoresFrom, Scoring, ScoringEntry, Standardisation
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint, InputCheck
 
@@ -110,7 +106,7 @@ class ScoringEntryInfo(BaseModel):
 
 
 class ScoringInfo(BaseModel):
-    """A bundle's `scoring` section (`service.bundle.Scoring`) without the envelope models' matrices."""
+    """A bundle's `scoring` section (`service.bundle_scoring.Scoring`) without the envelope models' matrices."""
 
     pooling: Pooling
     pooling_param: float | None
@@ -200,6 +196,7 @@ class ModelInfo(BaseModel):
     machine_type: str | None = None
     machine_ids: list[str] | None = None
     arch: str | None = None
+    precision: Precision | None = Field(None, description="fp32, or int8 from static quantization.")
     threshold: Threshold | None = None
     features: FeatureParams | None = Field(None, description="The log-mel recipe the model was trained with.")
     packed_mel_filters: bool | None = Field(
@@ -291,13 +288,22 @@ class MapRegion(BaseModel):
     error: float = Field(description="Mean squared error over the region.")
 
 
+# pydantic writes bytes as base64url (its "base64" mode); FastAPI's schema generator says base64.
+_BASE64URL: dict[str, Any] = {"format": "base64url", "contentEncoding": "base64url"}
+
+
 class ErrorMap(BaseModel):
     """The clip's log-mel and reconstruction error per mel band and time, as block means on a small grid.
 
-    Both grids are `n_rows` lists (mel bands, low to high frequency) of `n_columns` values (time),
-    errors to 3 significant digits, levels to 0.1 dB; at most 64 x 128 cells. They cover the frames the
-    patches cover.
+    Both grids have `n_rows` rows (mel bands, low to high frequency) of `n_columns` cells (time), at most
+    64 x 128, covering the frames the patches cover. Each is sent as bytes: its cells as little-endian
+    float32, row-major (row 0 the lowest band), n_rows x n_columns x 4 bytes in base64url (RFC 4648
+    section 5, padded). In Python: `numpy.frombuffer(base64.urlsafe_b64decode(text), "<f4")
+    .reshape(n_rows, n_columns)`; in a browser: `atob` after replacing `-` by `+` and `_` by `/`.
     """
+
+    # bytes fields are written as base64url (pydantic's "base64") and read back from it.
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     n_rows: int
     n_columns: int
@@ -305,12 +311,17 @@ class ErrorMap(BaseModel):
     column_edges_s: list[float] = Field(
         description="Start of each column in seconds, and the end of the last: n_columns + 1 values."
     )
-    log_mel_db: list[list[float]] = Field(description="Log-mel level in dB, before standardisation.")
-    errors: list[list[float]] = Field(
+    log_mel_db: bytes = Field(
+        description="Log-mel level in dB, before standardisation: a grid of float32 (see above).",
+        json_schema_extra=_BASE64URL,
+    )
+    errors: bytes = Field(
         description=(
             "Squared reconstruction error of the standardised log-mel, each frame's mean over the "
-            "patches that cover it: the numbers the score averages."
-        )
+            "patches that cover it (a patch's error is their mean over the patch): a grid of float32 "
+            "(see above)."
+        ),
+        json_schema_extra=_BASE64URL,
     )
     worst: MapRegion = Field(description="The region with the highest mean error.")
 

@@ -1,7 +1,7 @@
 """Clip scores beside the CAE's mean: pooling of patch errors, the envelope Gaussian, fusion.
 
 numpy only: training fits these models and the service evaluates them from
-the numbers in threshold.json (`service.bundle.Scoring`); both call the
+the numbers in threshold.json (`service.bundle_scoring.Scoring`); both call the
 functions here, so a clip is scored the same way on both sides.
 
 Pooling turns the per-patch reconstruction errors, shape (n_patches,), into

@@ -78,6 +78,7 @@ def test_every_shipped_threshold_json_validates_against_the_schema(folder: str, 
         (lambda d: d.update(surprise=1), "a key the format does not have"),
         (lambda d: d["threshold"].update(value="high"), "a threshold that is no number"),
         (lambda d: d.pop("features"), "a missing section"),
+        (lambda d: d["model"].update(precision="fp16"), "a precision the service has no graph for"),
     ],
 )
 def test_the_schema_refuses_what_the_service_refuses(change, why, validator, format1: Path) -> None:
@@ -104,6 +105,16 @@ def test_a_format_1_folder_loads_as_format_2(format1: Path) -> None:
     # What format 2 added is absent, not invented: no per-ID fits, no curve, no fingerprint.
     assert bundle.threshold.per_id is None and bundle.threshold.curve is None and bundle.fingerprint is None
     assert bundle.threshold.calibration_history == []
+    assert "precision" not in raw["model"] and bundle.model.precision == "fp32"
+
+
+def test_a_folder_without_a_precision_holds_an_fp32_graph_and_int8_is_valid(validator) -> None:
+    document = json.loads((REPO / "models" / "slider" / THRESHOLD_FILE).read_text(encoding="utf-8"))
+    document["model"].pop("precision", None)  # format 2 as written before the field
+    assert Bundle.model_validate(document).model.precision == "fp32"
+    document["model"]["precision"] = "int8"
+    validator.validate(document)
+    assert Bundle.model_validate(document).model.precision == "int8"
 
 
 def test_upgrade_is_pure_and_idempotent(format1: Path) -> None:

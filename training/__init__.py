@@ -17,10 +17,13 @@ Modules, one job each:
 * `training.threshold`: the gamma-quantile decision threshold;
 * `training.export`: the detector folder: calibration through
   `service.detector.Detector`, thresholds, `threshold.json`;
-  `training.onnx_export`: ONNX conversion checked against Keras;
+  `training.onnx_export`: ONNX conversion (one Resize per up-sampling, static shapes but the
+  batch) checked against Keras;
   `training.fusion`: the envelope scorer and its fusion with the CAE;
   `training.folders`: atomic replacement of a model folder;
 * `training.calibrate`: `asd-train calibrate`, on-site recalibration without TensorFlow;
+* `training.quantize`: int8 graphs behind a parity gate, for `fit --precision int8` and
+  `asd-train quantize` (an existing folder, thresholds refitted by `training.calibrate`);
 * `training.evaluate`: `score_files`, scores as the deployed service computes them;
 * `training.clip_scores`, `training.metrics`, `training.report`, `training.report_output`,
   `training.plots`, `training.evaluate_command`: `asd-train evaluate` (test clips scored,
@@ -30,8 +33,8 @@ Modules, one job each:
   `training.benchmark_run`, `training.benchmark_report`: `asd-train benchmark`, QUALITY.md;
 * `training.synth`: synthetic DCASE-layout data;
 * `training.options`: argument types shared by the subcommands;
-* `training.cli`: the `asd-train` command (`synth`, `fit`, `calibrate`, `benchmark`,
-  `evaluate`, `explore`); library modules never import it.
+* `training.cli`: the `asd-train` command (`synth`, `fit`, `calibrate`, `quantize`,
+  `benchmark`, `evaluate`, `explore`); library modules never import it.
 
 The service never imports this package; this package imports the service's
 audio, feature, bundle and detector code, so both sides share one implementation.

@@ -9,7 +9,9 @@
    `anomaly_*` are ignored, unreadable or too-short ones skipped and listed;
 3. scores each clip as the service does (`Detector.read`: `read_audio` at
    the model's rate, then `Detector.score`, as `Detector.score_file` does;
-   decoded here to count the clips resampled);
+   decoded here to count the clips resampled): with its machine ID for that
+   ID's threshold and, in a fused model, also without one for the
+   model-wide threshold;
 4. refits with `training.threshold.calibrate` at quantile 1 - R: with
    `machine_id`, only that ID's own threshold (every clip is taken as that
    ID's); otherwise each ID named in the file names with at least
@@ -37,10 +39,10 @@ import numpy as np
 
 from service.audio import AudioError, Channel
 from service.bundle import THRESHOLD_FILE, Bundle, CalibrationEvent, Threshold, ThresholdFit
-from service.detector import Detector, DetectorError, check_finite
+from service.detector import Detector, DetectorError, Score, check_finite
 from service.features import FeatureError
 from training.dataset import Skipped, list_clips, normalize_id, resolve_folder
-from training.errors import CalibrationError, DatasetError, ExportError, ThresholdError
+from training.errors import CalibrationError, DatasetError, ExportError, ThresholdError, TrainingError
 from training.folders import check_replaceable, replace_folder
 from training.threshold import MIN_ID_CLIPS, calibrate
 
@@ -62,6 +64,26 @@ class Refit:
     @property
     def label(self) -> str:
         return "model-wide threshold" if self.machine_id is None else f"ID {self.machine_id} threshold"
+
+
+@dataclass(frozen=True)
+class ScoredClips:
+    """The normal clips `score_normal` scored, in order (`paths`, `machine_ids`, `scores` align)."""
+
+    paths: list[Path]
+    machine_ids: list[str]
+    scores: list[Score]  # each scored as a request naming its machine ID
+    wide: list[float]  # each clip's score without an ID (another number only in a fused model)
+    skipped: list[Skipped]
+    resampled: Counter[int]  # source sample rate -> clips resampled from it
+
+    def values(self) -> np.ndarray:
+        """The clip scores with their machine IDs (for the IDs' own thresholds), shape (n,)."""
+        return np.asarray([s.score for s in self.scores], dtype=np.float64).reshape(len(self.scores))
+
+    def wide_values(self) -> np.ndarray:
+        """The clip scores without an ID (for the model-wide threshold), shape (n,)."""
+        return np.asarray(self.wide, dtype=np.float64).reshape(len(self.wide))
 
 
 @dataclass(frozen=True)
@@ -95,18 +117,15 @@ def recalibrate(
     replaced (1 - its quantile). See the module doc for which thresholds are refitted.
     """
     model_dir, normal_dir, out = Path(model_dir), Path(normal_dir), Path(out)
-    try:
-        detector = Detector(model_dir)
-    except DetectorError as error:
-        raise CalibrationError(str(error)) from None
+    detector = open_detector(model_dir, CalibrationError)
     bundle = detector.bundle
     old = bundle.threshold
     if machine_id is not None:
         machine_id = _known_id(machine_id, bundle)
     quantile, rate = _target(false_alarm_rate, old.for_id(machine_id) if machine_id else old)
-    _check_out(model_dir, out)
+    check_out(model_dir, out)
 
-    folder, normal, ignored = _normal_clips(normal_dir, bundle)
+    folder, normal, ignored = normal_clips(normal_dir, bundle)
     if machine_id is None:
         unknown = sorted({mid for _, mid in normal} - set(bundle.machine_ids))
         if unknown:
@@ -118,15 +137,17 @@ def recalibrate(
     else:
         normal = [(path, machine_id) for path, _ in normal]
 
-    scores, ids, skipped, resampled = _score(detector, normal, channel=channel, progress=progress)
-    if not scores:
+    scored = score_normal(detector, normal, channel=channel, progress=progress)
+    skipped = scored.skipped
+    if not scored.scores:
         reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:3])
         raise CalibrationError(
             f"none of the {len(normal)} normal clips in {folder} could be scored ({reasons})"
         )
-    x = np.asarray(scores, dtype=np.float64)
-    id_array = np.asarray(ids)
-    clips_per_id = dict(sorted(Counter(ids).items()))
+    x = scored.values()
+    x_wide = scored.wide_values()
+    id_array = np.asarray(scored.machine_ids)
+    clips_per_id = dict(sorted(Counter(scored.machine_ids).items()))
 
     targets: list[str | None] = [mid for mid, n in clips_per_id.items() if n >= MIN_CLIPS]
     too_few = {mid: n for mid, n in clips_per_id.items() if n < MIN_CLIPS}
@@ -139,7 +160,7 @@ def recalibrate(
 
     refits = []
     for target in targets:
-        chosen = x if target is None else x[id_array == target]
+        chosen = x_wide if target is None else x[id_array == target]
         before = old if target is None else old.for_id(target)
         try:
             fit = calibrate(chosen, quantile=quantile)
@@ -176,10 +197,18 @@ def recalibrate(
         refits=refits,
         clips_per_id=clips_per_id,
         too_few={} if machine_id else too_few,
-        resampled=dict(sorted(resampled.items())),
+        resampled=dict(sorted(scored.resampled.items())),
         skipped=skipped,
         ignored_anomalies=ignored,
     )
+
+
+def open_detector(model_dir: Path, error: type[TrainingError]) -> Detector:
+    """The detector folder loaded, or `error` with the reason (no traceback for a bad folder)."""
+    try:
+        return Detector(model_dir)
+    except DetectorError as failure:
+        raise error(str(failure)) from None
 
 
 def _known_id(raw: str, bundle: Bundle) -> str:
@@ -209,7 +238,8 @@ def _target(false_alarm_rate: float | None, current: ThresholdFit) -> tuple[floa
     return 1.0 - false_alarm_rate, false_alarm_rate
 
 
-def _check_out(model_dir: Path, out: Path) -> None:
+def check_out(model_dir: Path, out: Path) -> None:
+    """CalibrationError unless `out` may be written from `model_dir`: itself, or a folder outside it."""
     target, source = out.resolve(), model_dir.resolve()
     if target != source and target.is_relative_to(source):
         # The temporary copy would sit inside the folder being copied.
@@ -220,7 +250,7 @@ def _check_out(model_dir: Path, out: Path) -> None:
         raise CalibrationError(str(error)) from None
 
 
-def _normal_clips(normal_dir: Path, bundle: Bundle) -> tuple[Path, list[tuple[Path, str]], list[Path]]:
+def normal_clips(normal_dir: Path, bundle: Bundle) -> tuple[Path, list[tuple[Path, str]], list[Path]]:
     """(folder listed, [(path, ID from its name)] of the normal clips, anomaly_* files ignored)."""
     try:
         folder = resolve_folder(normal_dir, machine_type=bundle.machine_type, split="train")
@@ -236,37 +266,44 @@ def _normal_clips(normal_dir: Path, bundle: Bundle) -> tuple[Path, list[tuple[Pa
     return folder, normal, ignored
 
 
-def _score(
+def score_normal(
     detector: Detector,
     clips: list[tuple[Path, str]],
     *,
     channel: Channel,
     progress: Callable[[int], None] | None,
-) -> tuple[list[float], list[str], list[Skipped], Counter[int]]:
+) -> ScoredClips:
     """The deployed path per clip (`Detector.score_file`'s steps), skipping and listing bad files.
 
     Not `score_file` itself: the report counts the clips resampled, which takes the decoded clip,
-    and lists each skipped file by name beside a reason that does not repeat its path.
+    and lists each skipped file by name beside a reason that does not repeat its path. Each clip
+    is scored with its machine ID, as the service scores a request naming it; a fused model's
+    model-wide score (its model-wide envelope entry) is recombined from the same patch errors.
     """
     rate = detector.params.sample_rate
-    scores: list[float] = []
-    ids: list[str] = []
-    skipped: list[Skipped] = []
-    resampled: Counter[int] = Counter()
+    fused = detector.scoring is not None and detector.scoring.fused
+    scored = ScoredClips(paths=[], machine_ids=[], scores=[], wide=[], skipped=[], resampled=Counter())
     for path, machine_id in clips:
         try:
             clip = detector.read(path, channel=channel)
-            score = check_finite(detector.score(clip.samples)).score
+            score = check_finite(detector.score(clip.samples, machine_id=machine_id))
         except (AudioError, FeatureError, OSError) as error:
-            skipped.append(Skipped(path=path, reason=str(error)))
+            scored.skipped.append(Skipped(path=path, reason=str(error)))
         else:
-            scores.append(score)
-            ids.append(machine_id)
+            if fused:
+                assert score.band_db is not None  # every Score carries the bands
+                wide = detector.combine(score.patch_errors, score.band_db).score
+            else:
+                wide = score.score
+            scored.paths.append(path)
+            scored.machine_ids.append(machine_id)
+            scored.scores.append(score)
+            scored.wide.append(wide)
             if clip.source_sample_rate != rate:
-                resampled[clip.source_sample_rate] += 1
+                scored.resampled[clip.source_sample_rate] += 1
         if progress is not None:
             progress(1)
-    return scores, ids, skipped, resampled
+    return scored
 
 
 def _too_few_message(n: int, what: str, folder: Path, skipped: list[Skipped]) -> str:

@@ -2,6 +2,7 @@
 
     asd-train synth OUT [--machine-type slider] [--ids 00,02,04,06] [--train N] ...
     asd-train fit DATA_ROOT --out models/NAME [--machine-type slider] [--ids 00,02] [--arch cae|dense] ...
+    asd-train quantize MODEL_DIR NORMAL_DIR --out NEW
     asd-train evaluate MODEL_DIR DATA_ROOT [--out DIR] [--compare OTHER_MODEL_DIR]
     asd-train explore WAV... [--out DIR] [--model MODEL_DIR]
 
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from service.errors import ServiceError
 from training.dataset import parse_ids
@@ -144,17 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
         "cae: the autoencoder's reconstruction error alone; cae+envelope: fuse the CAE with a Gaussian on each clip's mean level per band, "
         "both standardised per machine ID on held-out normal scores",
     )
+    fit.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: export the graph quantized (static, calibrated on training patches), thresholds "
+        "fitted to its scores; refused unless its scores match fp32's (training.quantize)",
+    )
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=_fit)
 
     calibrate = sub.add_parser(
         "calibrate", help="refit a detector's threshold(s) on a site's normal recordings, without retraining"
     )
-    calibrate.add_argument("model_dir", type=Path, help="detector folder (model.onnx + threshold.json)")
-    calibrate.add_argument(
-        "normal_dir", type=Path, help="folder of normal WAVs, or a DCASE root (<root>/<machine_type>/train/)"
-    )
-    calibrate.add_argument("--out", type=Path, required=True, help="folder to write (may be MODEL_DIR)")
+    _add_folders(calibrate, model="detector folder", normal="folder of normal WAVs")
     calibrate.add_argument(
         "--false-alarm-rate", type=_rate, default=None, help="target R (default: the model's current target)"
     )
@@ -164,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_channel_argument(calibrate, "channel index or 'mean' (default 0)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(handler=_calibrate)
+
+    quantize = sub.add_parser(
+        "quantize", help="an int8 copy of an fp32 detector, its thresholds refitted on normal recordings"
+    )
+    _add_folders(
+        quantize,
+        model="fp32 detector folder",
+        normal="normal WAVs for the activation ranges, the parity gate and the thresholds: a folder",
+    )
+    add_channel_argument(quantize, "channel index or 'mean' (default 0)")
+    quantize.add_argument("--quiet", action="store_true", help="no progress bar")
+    quantize.set_defaults(handler=_quantize)
 
     benchmark = sub.add_parser(
         "benchmark", help="fit and evaluate detector configurations over families, seeds and SNRs; QUALITY.md"
@@ -239,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_folders(parser: argparse.ArgumentParser, *, model: str, normal: str) -> None:
+    """MODEL_DIR NORMAL_DIR --out NEW, as `calibrate` and `quantize` take them."""
+    parser.add_argument("model_dir", type=Path, help=f"{model} (model.onnx + threshold.json)")
+    parser.add_argument(
+        "normal_dir", type=Path, help=f"{normal}, or a DCASE root (<root>/<machine_type>/train/)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (may be MODEL_DIR)")
+
+
 def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from service.archive import run_args
 
@@ -311,19 +337,25 @@ def _fit(args: argparse.Namespace) -> None:
         pooling=args.pooling,
         pooling_param=args.pooling_param,
         scorer=args.scorer,
+        precision=args.precision,
         progress=not args.quiet,
     )
     run_fit(args.data_root, args.out, options, command=shlex.join(["asd-train", *args.argv]))
 
 
-def _calibrate(args: argparse.Namespace) -> None:
-    # No TensorFlow import on this path: a recalibration takes seconds, not TensorFlow's start-up.
+def _clip_bar(desc: str, args: argparse.Namespace) -> Any:
+    """A progress bar counting clips, off with --quiet."""
     from tqdm import tqdm
 
+    return tqdm(desc=desc, unit="clip", disable=args.quiet)
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    # No TensorFlow import on this path: a recalibration takes seconds, not TensorFlow's start-up.
     from training.calibrate import format_summary, recalibrate
 
     command = shlex.join(["asd-train", *args.argv])
-    with tqdm(desc="calibrate", unit="clip", disable=args.quiet) as bar:
+    with _clip_bar("calibrate", args) as bar:
         result = recalibrate(
             args.model_dir,
             args.normal_dir,
@@ -332,6 +364,22 @@ def _calibrate(args: argparse.Namespace) -> None:
             machine_id=args.machine_id,
             channel=args.channel,
             command=command,
+            progress=bar.update,
+        )
+    print(format_summary(result))
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    # No TensorFlow on this path either: onnxruntime quantizes and scores.
+    from training.quantize import format_summary, quantize_detector
+
+    with _clip_bar("quantize", args) as bar:
+        result = quantize_detector(
+            args.model_dir,
+            args.normal_dir,
+            args.out,
+            channel=args.channel,
+            command=shlex.join(["asd-train", *args.argv]),
             progress=bar.update,
         )
     print(format_summary(result))

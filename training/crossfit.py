@@ -30,6 +30,7 @@ from training.export import Calibration, Candidate, raw_scores_with_model, score
 from training.fit_options import CROSS_FIT_BELOW, FitOptions
 from training.fusion import Envelopes, RawScores, fit_envelopes
 from training.onnx_export import MAX_CHECK_PATCHES
+from training.quantize import sample_patches
 from training.threshold import MIN_CALIBRATION_CLIPS, MIN_ID_CLIPS
 from training.train import train_keras
 
@@ -77,6 +78,7 @@ class Trained:
     fold_best_epochs: list[int] | None = None
     fold_val_losses: list[float] | None = None
     envelopes: Envelopes | None = None  # the exported model's, fitted on the clips it trained on
+    quantize_inputs: np.ndarray | None = None  # --precision int8: training patches for the activation ranges
 
 
 def make_candidate(
@@ -95,6 +97,7 @@ def make_candidate(
         pooling_param=options.pooling_param,
         envelopes=envelopes,
         fused=options.fused,
+        precision=options.precision,
     )
 
 
@@ -151,6 +154,7 @@ def fit_holdout(clips: list[FeatureClip], options: FitOptions, stream: TextIO) -
         best_epoch=best + 1,
         val_loss=history["val_loss"][best],
         envelopes=envelopes,
+        quantize_inputs=_quantize_inputs(x_train, options),
     )
 
 
@@ -202,6 +206,7 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
         best = int(np.argmin(history["val_loss"]))
         best_epochs.append(best + 1)
         best_steps.append((best + 1) * -(-len(x_kept) // options.batch_size))
+        fold_quantize_inputs = _quantize_inputs(x_kept, options)
         del x_kept
         val_losses.append(history["val_loss"][best])
         # Each fold's envelope Gaussians see only its training clips, as its CAE does.
@@ -215,6 +220,7 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
             envelopes=_envelopes(kept, options, own_ids=own_ids) if options.fused else None,
             training=scratch,
             channel=options.channel,
+            quantize_inputs=fold_quantize_inputs,
         )
         scores[held] = raw.cae[: len(out_clips)]
         fold_level.append(_levels(raw.cae[len(out_clips) :], [c.file.machine_id for c in kept]))
@@ -236,6 +242,7 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
         x_all, None, replace(options, epochs=epochs), stream=stream, label="final ", max_steps=steps
     )
     check_inputs = x_all[:MAX_CHECK_PATCHES].copy()
+    quantize_inputs = _quantize_inputs(x_all, options)
     del x_all
     # Each fold model has its own score level (its initialisation and training path), and pooling
     # the folds' scores adds those offsets to the spread: the threshold lands far above the final
@@ -250,6 +257,7 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
             [c.file.path for c in clips],
             training=scratch,
             channel=options.channel,
+            quantize_inputs=quantize_inputs,
         ),
         ids,
     )
@@ -279,6 +287,7 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
         fold_best_epochs=best_epochs,
         fold_val_losses=val_losses,
         envelopes=_envelopes(clips, options, own_ids=own_ids) if fused else None,
+        quantize_inputs=quantize_inputs,
     )
 
 
@@ -288,6 +297,11 @@ def _levels(scores: np.ndarray, machine_ids: Sequence[str]) -> dict[str | None, 
     levels: dict[str | None, float] = {None: float(np.median(scores))}
     levels.update({mid: float(np.median(scores[ids == mid])) for mid in sorted(set(machine_ids))})
     return levels
+
+
+def _quantize_inputs(patches: np.ndarray, options: FitOptions) -> np.ndarray | None:
+    """An int8 fit's patches for the activation ranges: spread over all of `patches`, copied."""
+    return sample_patches(patches).copy() if options.precision == "int8" else None
 
 
 def _patches(clips: list[FeatureClip], normalizer: Normalizer, options: FitOptions) -> np.ndarray:

@@ -10,6 +10,7 @@
     ├── TrainingDivergedError    the loss became NaN or infinite                        (RuntimeError)
     ├── ThresholdError           scores no threshold can honestly be fitted to          (ValueError)
     ├── ExportError              a model that cannot be exported faithfully
+    │   └── QuantizationError    an int8 graph that does not score as its fp32 graph does
     ├── CalibrationError         a detector that cannot be recalibrated on these clips
     ├── UndefinedMetricError     labels of one class only: AUC is undefined             (ValueError)
     ├── EvaluationError          an evaluation that cannot run
@@ -59,6 +60,10 @@ class ThresholdError(TrainingError, ValueError):
 
 class ExportError(TrainingError):
     """The model could not be exported faithfully; nothing was written to the output folder."""
+
+
+class QuantizationError(ExportError):
+    """The int8 graph's scores fail the parity gate against the fp32 graph's; nothing was written."""
 
 
 class CalibrationError(TrainingError):

@@ -5,7 +5,11 @@
 1. `model.onnx` (`training.onnx_export`: tf2onnx, opset 17, dynamic batch
    axis, input "log_mel", output "reconstruction");
 2. checks that onnxruntime reproduces Keras on real inputs (validation
-   patches) to `ONNX_TOLERANCE`, else `ExportError`;
+   patches) to `ONNX_TOLERANCE`, else `ExportError`; with `Candidate.precision`
+   "int8", replaces the graph by its int8 twin (`training.quantize`, ranges
+   from training patches) once it has scored the calibration clips as they
+   are scored again with it, and refuses it (`QuantizationError`) unless
+   their scores pass the parity gate; everything below then uses the int8 graph;
 3. scores the held-out normal clips through `service.detector.Detector` on
    that folder (the deployed scoring path), or takes the out-of-fold scores
    of a cross-fit (`Calibration`), and fits the gamma thresholds: the
@@ -45,13 +49,12 @@ from service.bundle import (
     Normalization,
     OnnxModel,
     Patching,
-    Pooling,
-    ScoresFrom,
-    Scoring,
+    Precision,
     Threshold,
     Training,
     sha256_of,
 )
+from service.bundle_scoring import Pooling, ScoresFrom, Scoring
 from service.detector import Detector, Score
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint
@@ -62,6 +65,7 @@ from training.folders import check_replaceable, replace_folder
 from training.fusion import Envelopes, RawScores, fit_scoring, fused_scores
 from training.model import INPUT_NAME, OUTPUT_NAME
 from training.onnx_export import OPSET, check_onnx, to_onnx
+from training.quantize import Parity, cae_score, check_parity, quantize_folder
 from training.threshold import DEFAULT_QUANTILE, MIN_ID_CLIPS, calibrate
 
 if TYPE_CHECKING:
@@ -92,6 +96,7 @@ class ExportResult:
     # Fused bundles only: each clip scored without a machine ID (the model-wide threshold's); raw scores.
     calibration_scores_wide: np.ndarray | None = None
     raw_scores: RawScores | None = None
+    parity: Parity | None = None  # int8 exports: the gate's figures
 
 
 def versions() -> dict[str, str]:
@@ -181,6 +186,8 @@ class Candidate:
     # model's candidate has none (its fold's Gaussians score its held-out clips beside it).
     envelopes: Envelopes | None = None
     fused: bool = False
+    # int8: every exported graph, the fold models' too, is quantized before it scores a clip.
+    precision: Precision = "fp32"
 
     def cae_scoring(self) -> Scoring | None:
         """The CAE's pooling alone; None for the mean, so a default export writes no `scoring` section."""
@@ -196,6 +203,7 @@ class Candidate:
         training: Training,
         fingerprint: Fingerprint | None = None,
         scoring: Scoring | None = None,
+        precision: Precision = "fp32",
     ) -> Bundle:
         return Bundle(
             name=name,
@@ -211,6 +219,7 @@ class Candidate:
                 input_name=INPUT_NAME,
                 output_name=OUTPUT_NAME,
                 opset=OPSET,
+                precision=precision,
             ),
             threshold=threshold,
             training=training,
@@ -239,12 +248,14 @@ def score_with_model(
     training: Training,
     channel: Channel,
     progress: Callable[[int], None] | None = None,
+    quantize_inputs: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scores of `paths`, shape (len(paths),), through `model` exported to a scratch folder for `Detector`.
 
     The fold models of a cross-fit score their held-out clips this way, so
     the calibration scores come from the deployed path, as the final model's.
-    The scores are the CAE's pooled errors (`Candidate.cae_scoring`).
+    The scores are the CAE's pooled errors (`Candidate.cae_scoring`). An int8
+    candidate's graph is quantized first, with ranges from `quantize_inputs`.
     """
     return raw_scores_with_model(
         model,
@@ -255,6 +266,7 @@ def score_with_model(
         training=training,
         channel=channel,
         progress=progress,
+        quantize_inputs=quantize_inputs,
     ).cae
 
 
@@ -268,6 +280,7 @@ def raw_scores_with_model(
     training: Training,
     channel: Channel,
     progress: Callable[[int], None] | None = None,
+    quantize_inputs: np.ndarray | None = None,
 ) -> RawScores:
     """`score_with_model`'s pooled CAE errors and, with `envelopes` (a fold's), the envelope distances.
 
@@ -280,13 +293,28 @@ def raw_scores_with_model(
         candidate.bundle(
             work.name, model_path, _placeholder(DEFAULT_QUANTILE), training, scoring=candidate.cae_scoring()
         ).write(work)
-        try:
-            scored = score_clips(Detector(work), paths, channel=channel, progress=progress)
-        except AudioError as error:
-            raise ExportError(f"a calibration clip became unreadable: {error}") from None
+        if candidate.precision == "int8":
+            quantize_folder(work, _needed(quantize_inputs))
+        scored = _score_in(work, paths, channel=channel, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return _raw(scored, machine_ids, envelopes)
+
+
+def _needed(quantize_inputs: np.ndarray | None) -> np.ndarray:
+    if quantize_inputs is None:
+        raise ExportError("an int8 export needs training patches for the activation ranges")
+    return quantize_inputs
+
+
+def _score_in(
+    folder: Path, paths: Sequence[Path], *, channel: Channel, progress: Callable[[int], None] | None
+) -> list[Score]:
+    """`score_clips` with the detector in `folder`; a clip read before that fails now is an ExportError."""
+    try:
+        return score_clips(Detector(folder), paths, channel=channel, progress=progress)
+    except AudioError as error:
+        raise ExportError(f"a calibration clip became unreadable during export: {error}") from None
 
 
 def _raw(
@@ -347,12 +375,14 @@ def export_detector(
     training: Training,
     fingerprint: Fingerprint | None = None,
     progress: Callable[[int], None] | None = None,
+    quantize_inputs: np.ndarray | None = None,
 ) -> ExportResult:
     """Write the detector folder `out` atomically (see module doc).
 
     `check_inputs` are model inputs in the graph's layout, e.g. validation
     patches (N, n_mels, frames, 1) or (N, frames * n_mels), to compare ONNX
-    with Keras on.
+    with Keras on; `quantize_inputs`, in the same layout, are the training
+    patches an int8 candidate's activation ranges come from.
     """
     out = Path(out)
     check_replaceable(out)
@@ -364,19 +394,29 @@ def export_detector(
         to_onnx(model, model_path, arch=candidate.arch)
         difference = check_onnx(model, model_path, check_inputs)
         ids = calibration.machine_ids
+        held_out = calibration.raw is None and calibration.scores is None
         scored: list[Score] | None = None
+        parity = None
+        if held_out or candidate.precision == "int8":
+            candidate.bundle(
+                out.name, model_path, _placeholder(quantile), training, scoring=candidate.cae_scoring()
+            ).write(work)
+            scored = _score_in(work, calibration.paths, channel=channel, progress=progress)
+        if candidate.precision == "int8":
+            assert scored is not None
+            quantize_folder(work, _needed(quantize_inputs))
+            fp32, scored = scored, _score_in(work, calibration.paths, channel=channel, progress=progress)
+            parity = check_parity(
+                [cae_score(s) for s in fp32],
+                [cae_score(s) for s in scored],
+                names=[path.name for path in calibration.paths],
+            )
         if calibration.raw is not None:
             raw = calibration.raw
         elif calibration.scores is not None:
             raw = RawScores(cae=np.asarray(calibration.scores, dtype=np.float64))
         else:
-            candidate.bundle(
-                out.name, model_path, _placeholder(quantile), training, scoring=candidate.cae_scoring()
-            ).write(work)
-            try:
-                scored = score_clips(Detector(work), calibration.paths, channel=channel, progress=progress)
-            except AudioError as error:
-                raise ExportError(f"a calibration clip became unreadable during export: {error}") from None
+            assert scored is not None
             raw = _raw(scored, ids, candidate.envelopes)
         scores, wide = raw.cae, None
         scoring = candidate.cae_scoring()
@@ -389,11 +429,19 @@ def export_detector(
                 pooling_param=candidate.pooling_param,
                 scores_from=calibration.scores_from,
             )
-            if scored is None:  # out-of-fold: the fold models are gone, their raw scores remain
+            if not held_out:  # out-of-fold: the fold models are gone, their raw scores remain
                 scores, wide = fused_scores(raw, ids, scoring)
             else:  # held out: rescored by the exported folder itself, as the service will score them
+                assert scored is not None
                 placeholder = _placeholder(quantile)
-                candidate.bundle(out.name, model_path, placeholder, training, scoring=scoring).write(work)
+                candidate.bundle(
+                    out.name,
+                    model_path,
+                    placeholder,
+                    training,
+                    scoring=scoring,
+                    precision=candidate.precision,
+                ).write(work)
                 final = Detector(work)
                 scores = np.asarray(
                     [
@@ -406,7 +454,15 @@ def export_detector(
                     [final.combine(s.patch_errors, _band_db(s)).score for s in scored], dtype=np.float64
                 )
         threshold = fit_thresholds(scores, ids, quantile=quantile, calibration=calibration, wide_scores=wide)
-        bundle = candidate.bundle(out.name, model_path, threshold, training, fingerprint, scoring=scoring)
+        bundle = candidate.bundle(
+            out.name,
+            model_path,
+            threshold,
+            training,
+            fingerprint,
+            scoring=scoring,
+            precision=candidate.precision,
+        )
         bundle.write(work)
         Detector(work)  # the folder as the service will load it: hash, graph shape, schema
         replace_folder(work, out)
@@ -421,4 +477,5 @@ def export_detector(
         max_onnx_difference=difference,
         calibration_scores_wide=wide,
         raw_scores=raw if candidate.fused else None,
+        parity=parity,
     )

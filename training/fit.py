@@ -132,6 +132,8 @@ def run_fit(
     stats = [c.stats for c in loaded.clips if c.stats is not None]
     fingerprint = build_fingerprint(stats, [c.file.machine_id for c in loaded.clips if c.stats is not None])
     to_score = 0 if trained.calibration.scores is not None else len(trained.calibration.paths)
+    if options.precision == "int8":
+        to_score = 2 * len(trained.calibration.paths)  # the parity gate scores them with both graphs
     with tqdm(
         total=to_score, desc="calibrate", unit="clip", disable=not options.progress or not to_score
     ) as bar:
@@ -146,6 +148,7 @@ def run_fit(
             training=training,
             fingerprint=fingerprint,
             progress=bar.update,
+            quantize_inputs=trained.quantize_inputs,
         )
     finished = time.perf_counter()
     seconds.update(export=finished - training_done, total=finished - started)
@@ -179,6 +182,7 @@ def run_fit(
         calibration_scores_wide=result.calibration_scores_wide,
         raw_scores=result.raw_scores,
         scoring=_describe_scoring(options, trained.calibration),
+        parity=result.parity,
     )
     for line in summary.lines():
         print(line, file=stream)

@@ -8,7 +8,8 @@ from typing import Literal
 import numpy as np
 
 from service.audio import Channel
-from service.bundle import Pooling
+from service.bundle import Precision
+from service.bundle_scoring import Pooling
 from service.features import FeatureParams
 from service.scorers import check_pooling
 from training.dataset import Arch
@@ -67,6 +68,7 @@ class FitOptions:
     pooling: Pooling = "mean"
     pooling_param: float | None = None  # None: the pooling's default (service.scorers)
     scorer: ScorerChoice | None = None  # None: the architecture's (`ARCH_SCORERS`)
+    precision: Precision = "fp32"  # int8: the exported graph quantized (training.quantize)
     workers: int = 2
     progress: bool = True
 
@@ -105,6 +107,8 @@ class FitOptions:
             raise DatasetError(f"unknown calibration {self.calibration!r}; choose auto, cross-fit or holdout")
         if self.folds < 2:
             raise DatasetError(f"folds must be at least 2, got {self.folds}")
+        if self.precision not in ("fp32", "int8"):
+            raise DatasetError(f"unknown precision {self.precision!r}; choose fp32 or int8")
         quantile_for(self.false_alarm_rate)  # validates the rate now, not after training
         if self.arch == "cae":
             assert done.frames is not None  # filled in above

@@ -9,6 +9,7 @@ import numpy as np
 
 from service.bundle import Threshold, ThresholdFit
 from training.fusion import RawScores
+from training.quantize import Parity
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class FitSummary:
     calibration_scores_wide: np.ndarray | None = None
     raw_scores: RawScores | None = None
     scoring: str = "cae, mean pooling"
+    parity: Parity | None = None  # --precision int8: the gate's figures
 
     @property
     def quantile(self) -> float:
@@ -81,6 +83,7 @@ class FitSummary:
             f"  time       features {s['features']:.1f} s, training {s['training']:.1f} s, "
             f"export {s['export']:.1f} s, total {s['total']:.1f} s",
             f"  onnx       max |onnx - keras| = {self.max_onnx_difference:.2e}",
+            *([] if self.parity is None else [f"  precision  {self.parity.describe()}"]),
             f"  scoring    {self.scoring}",
             f"  threshold  {t.value:.6g} model-wide (gamma q={t.quantile:.3f} on {scored}); "
             f"empirical false-alarm rate {t.empirical_false_alarm_rate:.3f} (target {1 - t.quantile:.3f})",

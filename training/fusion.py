@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.bundle import EnvelopeModel, Pooling, ScoresFrom, Scoring, ScoringEntry, Standardisation
+from service.bundle_scoring import EnvelopeModel, Pooling, ScoresFrom, Scoring, ScoringEntry, Standardisation
 from service.scorers import FUSION_OFFSET, Gaussian, coarse_bands, fit_gaussian, fuse
 from training.errors import ExportError
 from training.threshold import MIN_ID_CLIPS

@@ -5,7 +5,9 @@
 - Upload fields are declared as `format: binary`. FastAPI now writes the
   OpenAPI 3.1 form (`contentMediaType`), which Swagger UI only renders as a
   file picker for a plain single field: not for an optional one (`anyOf` with
-  null) nor for the items of a list (swagger-ui issues #9278, #10825).
+  null) nor for the items of a list (swagger-ui issues #9278, #10825). Bytes
+  inside a JSON answer (a `contentEncoding`, e.g. the error map's grids) are
+  not uploads and keep their schema.
 - FastAPI's own 422 schema (`HTTPValidationError`) is replaced by the
   service's error body, which is what a validation error really answers.
 """
@@ -55,7 +57,11 @@ def install_openapi(app: FastAPI) -> None:
 
 
 def _is_file(schema: dict[str, Any]) -> bool:
-    return schema.get("type") == "string" and schema.get("contentMediaType") == "application/octet-stream"
+    return (
+        schema.get("type") == "string"
+        and schema.get("contentMediaType") == "application/octet-stream"
+        and "contentEncoding" not in schema
+    )
 
 
 def _file_field(prop: dict[str, Any]) -> dict[str, Any]:

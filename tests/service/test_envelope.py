@@ -16,7 +16,8 @@ import pytest
 from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
 from service.audio import read_audio
-from service.bundle import THRESHOLD_FILE, Bundle, Scoring
+from service.bundle import THRESHOLD_FILE, Bundle
+from service.bundle_scoring import Scoring
 from service.detector import Detector
 from service.errors import DetectorError
 from service.scorers import (

@@ -7,6 +7,7 @@ every request it makes is checked to go to the service itself.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import real_recordings_dir
@@ -163,6 +165,37 @@ def test_a_real_clip_is_scored_and_drawn(server, browser, tmp_path):
     )
     assert 0 < drawn < 2000
     assert not assert_only_own_requests(server, browser)
+
+
+def decode_in_page(driver: Any, text: str, rows: int, columns: int) -> Any:
+    """The page's own `decodeGrid` (static/js/api.js) on `text`: its values, or its error's message."""
+    return driver.execute_async_script(
+        "const [text, rows, columns, done] = arguments;"
+        "import('/static/js/api.js')"
+        ".then((api) => done(Array.from(api.decodeGrid(text, rows, columns))))"
+        ".catch((error) => done(`${error.name}: ${error.message}`));",
+        text,
+        rows,
+        columns,
+    )
+
+
+def test_the_page_reads_the_map_grids_as_the_schema_says(server, browser):
+    open_page(browser, f"{server}/")
+    answer_map = api_answer(server, CLIP, detail="map").json()["map"]
+    rows, columns = answer_map["n_rows"], answer_map["n_columns"]
+    for name in ("errors", "log_mel_db"):
+        expected = np.frombuffer(base64.urlsafe_b64decode(answer_map[name]), dtype="<f4")
+        # float32 values are exact as JS numbers and as Python floats: equal, not close.
+        assert decode_in_page(browser, answer_map[name], rows, columns) == expected.tolist()
+    short = decode_in_page(browser, answer_map["errors"], rows + 1, columns)
+    assert short == (
+        f"Error: The service's error map has {rows * columns * 4} bytes, not {rows + 1} x {columns} float32 values"
+    )
+    assert (
+        decode_in_page(browser, "not base64 !", rows, columns)
+        == "Error: The service's error map is not base64url"
+    )
 
 
 def test_a_file_that_is_not_audio_shows_the_api_message_and_keeps_the_rows(server, browser, tmp_path):

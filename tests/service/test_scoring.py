@@ -16,6 +16,7 @@ SCORE_KEYS = {
     "model",
     "machine_id",
     "score",
+    "components",
     "threshold",
     "threshold_scope",
     "false_alarm_rate",
@@ -117,6 +118,10 @@ def test_scores_equal_the_detector_called_directly(client, models_dir, real_reco
     ).json()
     assert body["score"] == pytest.approx(expected.score, rel=1e-6)
     assert body["n_patches"] == expected.patch_errors.size
+    # The default model fuses the CAE with the envelope scorer; the answer shows both parts.
+    assert expected.components is not None and set(body["components"]) == {"cae", "envelope"}
+    for name, value in expected.components.items():
+        assert body["components"][name] == pytest.approx(value, rel=1e-6)
 
 
 @pytest.mark.parametrize(

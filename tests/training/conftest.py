@@ -73,6 +73,25 @@ def fitted(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     return Fitted(model_dir=out, exit_code=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
+def biased_cae(*, frames: int, config=None):
+    """An untrained CAE (seeded) with non-zero biases, as after training; its initial biases are all 0,
+    which can leave the decoder's output exactly 0 and hide what a conversion does to offsets."""
+    import keras
+
+    from training.model import CaeConfig, build_cae
+
+    keras.utils.set_random_seed(0)
+    model = build_cae(n_mels=128, frames=frames, config=CaeConfig() if config is None else config)
+    rng = np.random.default_rng(1)
+    model.set_weights(
+        [
+            w if w.ndim > 1 else rng.normal(scale=0.1, size=w.shape).astype(w.dtype)
+            for w in model.get_weights()
+        ]
+    )
+    return model
+
+
 def write_tone(
     path: Path, *, seconds: float = 2.0, rate: int = SR, channels: int = 1, freq: float = 440.0
 ) -> np.ndarray:

@@ -366,3 +366,30 @@ def test_calibrate_never_imports_tensorflow(model: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "0 []"
     assert json.loads((out / "threshold.json").read_text())["threshold"]["scores_from"] == "site"
+
+
+def test_a_fused_model_refits_each_threshold_on_the_scores_the_service_compares_with_it(
+    tmp_path: Path,
+) -> None:
+    """ID 02 has its own envelope entry: its threshold must come from its clips scored with it,
+    the model-wide threshold from the clips scored without an ID (as requests without one are)."""
+    from .tiny_detector import clip, two_id_fused_scoring
+
+    probe = Detector(make_detector(tmp_path / "probe")).score(clip(seed=0, anomalous=False))
+    assert probe.band_db is not None
+    model = make_detector(tmp_path / "model", scoring=two_id_fused_scoring(probe.score, probe.band_db))
+    site = tmp_path / "site"
+    paths = write_normals(site, 12, machine_id="00") + write_normals(site, 12, machine_id="02")
+    ids = ["00"] * 12 + ["02"] * 12
+    detector = Detector(model)
+    own = score_paths(detector, paths, machine_ids=ids)
+    wide = score_paths(detector, paths)
+    mine = np.asarray(ids) == "02"
+    assert not np.allclose(own[mine], wide[mine])  # the ID's entry changes its clips' scores
+
+    threshold = recalibrate(model, site, tmp_path / "out").bundle.threshold
+
+    assert threshold.value == pytest.approx(calibrate(wide, quantile=0.9).value, rel=1e-9)
+    assert threshold.per_id is not None
+    assert threshold.per_id["02"].value == pytest.approx(calibrate(own[mine], quantile=0.9).value, rel=1e-9)
+    assert threshold.per_id["00"].value == pytest.approx(calibrate(own[~mine], quantile=0.9).value, rel=1e-9)

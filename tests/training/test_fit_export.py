@@ -7,6 +7,7 @@ from datetime import UTC
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from service.audio import read_audio
@@ -14,9 +15,9 @@ from service.bundle import MODEL_FILE, Bundle, sha256_of
 from service.detector import Detector
 from service.features import log_mel, mel_filterbank
 from service.patches import PatchLayout
-from training import onnx_export
+from training import onnx_export, quantize
 from training.dataset import Normalizer, patch_array
-from training.errors import ExportError
+from training.errors import ExportError, QuantizationError
 from training.evaluate import score_files
 from training.export import Calibration, Candidate, export_detector
 from training.model import CaeConfig, build_cae, build_dense
@@ -24,7 +25,7 @@ from training.report import evaluate_model
 from training.report_output import format_table
 from training.threshold import fit_gamma_threshold
 
-from .conftest import GARBAGE, IDS, N_TRAIN, SHORT, Fitted
+from .conftest import GARBAGE, IDS, N_TRAIN, SHORT, Fitted, biased_cae
 
 
 def test_fit_exits_0_and_prints_the_summary(fitted: Fitted) -> None:
@@ -125,7 +126,14 @@ def untrained_cae():
     return build_cae(n_mels=128, frames=16, config=CaeConfig(filters=(4, 8), bottleneck=4))
 
 
-def _export(model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int = 16, hop: int = 8):
+@pytest.fixture(scope="module")
+def biased():
+    return biased_cae(frames=16, config=CaeConfig(filters=(4, 8), bottleneck=4))
+
+
+def _export(
+    model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int = 16, hop: int = 8, precision="fp32"
+):
     from datetime import datetime
 
     from service.bundle import Training
@@ -143,12 +151,12 @@ def _export(model, out: Path, tiny_root: Path, *, arch: str = "cae", frames: int
     )  # fmt: skip
     candidate = Candidate(
         arch=arch, params=params, frames=frames, hop=hop, normalizer=normalizer, machine_type="slider",
-        machine_ids=["00"],
+        machine_ids=["00"], precision=precision,
     )  # fmt: skip
     calibration = Calibration(paths=paths, machine_ids=["00"] * len(paths))
     return export_detector(
         model, out=out, candidate=candidate, check_inputs=inputs, calibration=calibration, channel=0,
-        quantile=0.9, training=training,
+        quantile=0.9, training=training, quantize_inputs=inputs,
     )  # fmt: skip
 
 
@@ -159,6 +167,29 @@ def test_export_refuses_an_onnx_model_that_differs_and_leaves_nothing(
     with pytest.raises(ExportError, match="differs from Keras"):
         _export(untrained_cae, tmp_path / "model", tiny_root)
     assert list(tmp_path.iterdir()) == []  # no model folder, no temporary folder
+
+
+def test_an_int8_export_that_fails_the_parity_gate_leaves_nothing(
+    biased, tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quantize, "PARITY_RTOL", 0.0)  # any int8 difference is too much
+    with pytest.raises(QuantizationError, match=r"does not score as the fp32 one on 4 calibration clips"):
+        _export(biased, tmp_path / "model", tiny_root, precision="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_int8_export_fits_its_threshold_to_the_int8_scores(
+    biased, tiny_root: Path, tmp_path: Path
+) -> None:
+    result = _export(biased, tmp_path / "model", tiny_root, precision="int8")
+    assert result.bundle.model.precision == "int8" and result.parity is not None
+    # The scores moved (so the threshold below is the int8 graph's), within the gate.
+    assert result.parity.n_clips == 4 and 0 < result.parity.max_relative_difference <= quantize.PARITY_RTOL
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "model" / MODEL_FILE)).graph.node}
+    assert {"QLinearConv", "QLinearMatMul", "Resize"} <= ops and "Conv" not in ops
+    paths = sorted((tiny_root / "slider" / "train").glob("normal_id_00_0000000[0-3].wav"))
+    int8 = score_files(tmp_path / "model", paths)
+    assert result.threshold.value == pytest.approx(fit_gamma_threshold(int8, quantile=0.9).value, rel=1e-9)
 
 
 def test_export_replaces_a_model_but_not_other_folders(

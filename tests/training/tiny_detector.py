@@ -21,21 +21,18 @@ from onnx import TensorProto, helper
 from service.bundle import (
     FORMAT_VERSION,
     Bundle,
-    EnvelopeModel,
     FalseAlarmCurve,
     Features,
     GammaFit,
     Normalization,
     OnnxModel,
     Patching,
-    Scoring,
-    ScoringEntry,
-    Standardisation,
     Threshold,
     ThresholdFit,
     Training,
     sha256_of,
 )
+from service.bundle_scoring import EnvelopeModel, Scoring, ScoringEntry, Standardisation
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint
 from service.scorers import band_edges, coarse_bands, fit_gaussian

@@ -87,6 +87,7 @@ def describe(entry: ModelEntry, *, default: bool) -> ModelInfo:
             "machine_type": bundle.machine_type,
             "machine_ids": bundle.machine_ids,
             "arch": bundle.model.arch,
+            "precision": bundle.model.precision,
             "threshold": bundle.threshold,
             # The recipe without the packed filter bank: thousands of numbers nobody reads.
             "features": bundle.features.params(),

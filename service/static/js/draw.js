@@ -115,18 +115,15 @@ export function drawWaveform(canvas, samples, { duration, worst }) {
   timeAxis(context, box, 0, duration);
 }
 
-// A grid of n_rows lists (low to high frequency) of n_columns values, as an image.
+// A grid of n_rows x n_columns values, row-major, row 0 the lowest frequency, as an image.
 export function drawHeatmap(canvas, map, grid, { colours, logScale = false, region = null }) {
   const { context, width, height } = prepare(canvas);
   const box = plotBox(width, height);
   const rows = map.n_rows;
   const columns = map.n_columns;
   const values = new Float64Array(rows * columns);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < columns; c++) {
-      const v = grid[r][c];
-      values[r * columns + c] = logScale ? Math.log10(Math.max(v, 1e-6)) : v;
-    }
+  for (let i = 0; i < values.length; i++) {
+    values[i] = logScale ? Math.log10(Math.max(grid[i], 1e-6)) : grid[i];
   }
   const sorted = Float64Array.from(values).sort();
   const low = percentile(sorted, 0.02);
