@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from service.bundle import Training
 from service.inputcheck import build_fingerprint
+from service.patches import PatchLayout
 from training.crossfit import choose_calibration, fit_cross, fit_holdout, make_candidate
 from training.dataset import LoadResult, list_clips, load_features
 from training.errors import DatasetError
@@ -43,9 +44,12 @@ TRAINING_CURVES_FILE = "training_curves.png"
 
 
 def min_seconds_for(options: FitOptions) -> float:
-    """Shortest clip that still gives one patch (`Detector.min_samples`), in seconds."""
-    assert options.frames is not None
-    return (options.frames - 1) * options.features.hop_length / options.features.sample_rate
+    """Shortest clip that still gives one patch (`PatchLayout.min_samples`), in seconds."""
+    assert options.frames is not None and options.patch_hop is not None
+    layout = PatchLayout(
+        frames=options.frames, hop=options.patch_hop, arch=options.arch, params=options.features
+    )
+    return layout.min_samples / options.features.sample_rate
 
 
 def read_training_clips(data_root: Path, options: FitOptions) -> tuple[LoadResult, int, int]:

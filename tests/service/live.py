@@ -32,18 +32,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str, *, status: int, timeout: float) -> None:
+def wait_for(url: str, *, status: int, timeout: float, streak: int = 1) -> None:
+    """Until `streak` answers in a row are `status`: with several workers, one ready worker answering
+    is not all of them ready, and a worker still loading answers 503."""
     deadline = time.monotonic() + timeout
     last: object = None
+    run = 0
     while time.monotonic() < deadline:
         try:
             # A new connection each time: with two workers, either may answer.
             last = httpx.get(url, timeout=5, headers={"Connection": "close"})
-            if last.status_code == status:
+            run = run + 1 if last.status_code == status else 0
+            if run >= streak:
                 return
         except httpx.TransportError as error:
-            last = error
-        time.sleep(0.2)
+            last, run = error, 0
+        time.sleep(0.2 if run == 0 else 0.05)
     raise AssertionError(f"{url} did not answer {status} within {timeout} s: {last!r}")
 
 
@@ -72,7 +76,8 @@ def asd_serve(models_dir: Path, log: Path, *, port: int | None = None, **setting
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_for(f"{base}/ready", status=200, timeout=90)
+            workers = int(env["ASD_WORKERS"])
+            wait_for(f"{base}/ready", status=200, timeout=90, streak=1 if workers == 1 else 10 * workers)
             yield base
         finally:
             server.send_signal(signal.SIGINT)

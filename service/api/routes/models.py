@@ -16,6 +16,7 @@ from service.api.deps import (
 from service.api.errors import ApiError, error_responses
 from service.api.openapi import DocstringRoute
 from service.errors import ReloadInProgressError
+from service.patches import PatchLayout
 from service.registry import ModelEntry
 from service.reload import ReloadSignal
 from service.schemas import ModelInfo, ModelList, PatchingInfo, ReloadFailure, ReloadResult, ScoringInfo
@@ -80,8 +81,12 @@ def describe(entry: ModelEntry, *, default: bool) -> ModelInfo:
     bundle = entry.bundle
     if bundle is None:  # threshold.json missing or unreadable: only the error is known
         return info
-    seconds_per_frame = bundle.features.hop_length / bundle.features.sample_rate
-    frames, hop = bundle.patching.frames, bundle.patching.hop
+    params = bundle.features.params()
+    # From the bundle, not a loaded detector: a model that failed to load is described too.
+    layout = PatchLayout(
+        frames=bundle.patching.frames, hop=bundle.patching.hop, arch=bundle.model.arch, params=params
+    )
+    frames, hop, seconds_per_frame = layout.frames, layout.hop, layout.seconds_per_frame
     return info.model_copy(
         update={
             "machine_type": bundle.machine_type,
@@ -90,7 +95,7 @@ def describe(entry: ModelEntry, *, default: bool) -> ModelInfo:
             "precision": bundle.model.precision,
             "threshold": bundle.threshold,
             # The recipe without the packed filter bank: thousands of numbers nobody reads.
-            "features": bundle.features.params(),
+            "features": params,
             "packed_mel_filters": bundle.features.mel_filters is not None,
             "patching": PatchingInfo(
                 frames=frames,
@@ -98,7 +103,7 @@ def describe(entry: ModelEntry, *, default: bool) -> ModelInfo:
                 seconds=round(frames * seconds_per_frame, 6),
                 hop_seconds=round(hop * seconds_per_frame, 6),
             ),
-            "min_duration_s": round((frames - 1) * seconds_per_frame, 6),
+            "min_duration_s": round(layout.min_samples / params.sample_rate, 6),
             "training": bundle.training,
             "fingerprint": bundle.fingerprint,
             "model": bundle.model,
