@@ -3,6 +3,7 @@
     asd-train synth OUT [--machine-type slider] [--ids 00,02,04,06] [--train N] ...
     asd-train fit DATA_ROOT --out models/NAME [--machine-type slider] [--ids 00,02] [--arch cae|dense] ...
     asd-train quantize MODEL_DIR NORMAL_DIR --out NEW
+    asd-train tune DATA_ROOT [--trials 20] [--timeout S] [--out tune.json] [--fit-best MODEL_DIR]
     asd-train evaluate MODEL_DIR DATA_ROOT [--out DIR] [--compare OTHER_MODEL_DIR]
     asd-train explore WAV... [--out DIR] [--model MODEL_DIR]
 
@@ -44,6 +45,36 @@ def _rate(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
     return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"takes positive integers, got {text!r}")
+    return values
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes N or LOW:HIGH, got {text!r}") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"needs 1 <= LOW <= HIGH, got {text!r}")
+    return bounds
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    from training.pseudo import parse_kinds
+
+    try:
+        return parse_kinds(text)
+    except SynthError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +262,49 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--duration", default=None, help="seconds per clip (default 10)")
     benchmark.set_defaults(handler=_benchmark)
 
+    tune = sub.add_parser(
+        "tune",
+        help="search fit's hyperparameters (Optuna), scored on pseudo-anomalies made from your normal clips",
+    )
+    tune.add_argument(
+        "data_root", type=Path, help="normal clips: DCASE root, <root>/<machine_type>, a train or WAV folder"
+    )
+    tune.add_argument(
+        "--out", type=Path, default=Path("tune.json"), help="JSON of every trial and the best (tune.json)"
+    )
+    tune.add_argument("--machine-type", default="slider")
+    tune.add_argument(
+        "--ids", type=_ids, default=None, help="comma-separated machine IDs (default: all found)"
+    )
+    tune.add_argument("--trials", type=int, default=20, help="trials, each one training (default 20)")
+    tune.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
+    tune.add_argument("--seed", type=int, default=0, help="split, pseudo-anomalies, sampler and fits")
+    tune.add_argument(
+        "--holdout-fraction",
+        type=_rate,
+        default=0.2,
+        help="clips per ID held out to score, never trained on (at least 5; default 0.2)",
+    )
+    tune.add_argument(
+        "--val-fraction", type=_rate, default=0.1, help="each trial's own holdout for early stopping"
+    )
+    tune.add_argument(
+        "--epochs", type=_int_range, default=(4, 12), metavar="LOW:HIGH", help="epochs range (4:12)"
+    )
+    tune.add_argument("--frames", type=_int_list, default=(4, 8, 16), help="patch widths to try (4,8,16)")
+    tune.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=None,
+        help="pseudo-anomalies: clicks,tone,band-noise,gain,speed (default: all)",
+    )
+    add_channel_argument(tune, "channel index or 'mean' (default 0)")
+    tune.add_argument(
+        "--fit-best", type=Path, default=None, metavar="MODEL_DIR", help="then fit the best on all clips"
+    )
+    tune.add_argument("--quiet", action="store_true", help="no progress bars in --fit-best's fit")
+    tune.set_defaults(handler=_tune)
+
     from training.evaluate_command import add_evaluate_arguments, run_evaluate
     from training.explore import add_explore_arguments, run_explore
 
@@ -415,6 +489,38 @@ def _benchmark(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} and {args.json or args.out.with_suffix('.json')}")
     # 1, not 2: the options were fine, but some cells could not be made (listed as FAILED).
     return 1 if outcome.failed else 0
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from training.pseudo import KINDS
+    from training.tune import SearchSpace, TuneOptions, run_tune
+
+    options = TuneOptions(
+        machine_type=args.machine_type,
+        ids=args.ids,
+        trials=args.trials,
+        timeout=args.timeout,
+        seed=args.seed,
+        holdout_fraction=args.holdout_fraction,
+        val_fraction=args.val_fraction,
+        channel=args.channel,
+        kinds=args.kinds or KINDS,
+        space=replace(SearchSpace(), frames=args.frames, epochs=args.epochs),
+    )
+    result = run_tune(
+        args.data_root,
+        options,
+        out_json=args.out,
+        best_out=args.fit_best or Path("models") / f"{args.machine_type}-tuned",
+        command=shlex.join(["asd-train", *args.argv]),
+    )
+    print(f"wrote {args.out}")
+    if args.fit_best is not None:
+        # The printed command itself, parsed as `fit` parses it: what is fitted is what was shown.
+        argv = [*result.fit_command[1:], *(["--quiet"] if args.quiet else [])]
+        fit_args = build_parser().parse_args(argv)
+        fit_args.argv = argv
+        _fit(fit_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
