@@ -7,11 +7,13 @@ Each is held as its file bytes, so no timing includes the disk.
 
 Detector: trained here, in a temporary folder, by the training package's
 own fit (`training.fit.run_fit`, what `asd-train fit` runs), a couple of
-epochs on the synthetic training clips. The in-memory Keras model feeds the naive pipeline and the
-exported ONNX folder feeds ours, so both score with the same weights. The
-architecture and patching are read from the repository's own model
-(`models/slider/threshold.json`) when there is one, so the work per clip is
-that of the shipped detector; how well it detects does not matter here.
+epochs on the synthetic training clips. The in-memory Keras model feeds the
+naive pipeline, the exported `model.onnx` in onnxruntime's default session
+feeds the peer (`onnx_default_predict`) and the exported folder feeds ours,
+so all score with the same weights. The architecture and patching are read
+from the repository's own model (`models/slider/threshold.json`) when there
+is one, so the work per clip is that of the shipped detector; how well it
+detects does not matter here.
 """
 
 from __future__ import annotations
@@ -194,5 +196,23 @@ def keras_predict(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict(batch, verbose=0))
+
+    return predict
+
+
+def onnx_default_predict(model_path: Path, *, input_name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The exported graph in onnxruntime as a user opens it: default `SessionOptions`, one run per clip.
+
+    No thread counts, no spinning setting: onnxruntime's defaults (a pool the
+    size of the machine's physical cores, spinning between runs), the peer a
+    competent user would write in place of Keras' `predict`.
+    """
+    import onnxruntime as ort
+
+    # Providers are not SessionOptions; naming the CPU one keeps GPU builds on the same kernels.
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {input_name: batch})[0])
 
     return predict

@@ -8,15 +8,21 @@ log-mel + standardisation + patch cutting, inference =
 `Detector.reconstruct`), once whole (`score_upload`, which also computes the
 errors, segments and the answer) for the total.
 
-`measure_both` (what `bench.run` uses) runs the two pipelines clip by clip,
-interleaved, so that a drifting machine load falls on both alike.
+`measure_all` (what `bench.run` uses) runs the pipelines clip by clip,
+interleaved, so that a drifting machine load falls on all alike.
 
 The naive pipeline is what a user would write with the usual libraries on
 the same model: `librosa.load` -> `librosa.feature.melspectrogram` ->
 `librosa.power_to_db` -> standardise -> patches -> Keras `model.predict`.
-It is timed in one pass, stage by stage. librosa compiles numba code and
+The peer is the competent user's version of it: the same librosa steps, then
+the exported fp32 `model.onnx` in onnxruntime with its default
+`SessionOptions` (`bench.detector.onnx_default_predict`) instead of Keras.
+Both are timed in one pass, stage by stage. librosa compiles numba code and
 Keras traces its predict function on first use; a warm-up on a few clips
 pays that before timing, and its duration is reported on its own.
+
+Both compute the mean patch error; a fused bundle (cae+envelope) scores
+otherwise, so they are compared with ours' CAE component (`cae_scores`).
 
 Every time is taken twice: wall clock (`perf_counter`, what a caller waits)
 and process CPU time (`process_time`, all threads of this process), which
@@ -29,7 +35,7 @@ import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +43,7 @@ from bench.detector import Clip
 
 if TYPE_CHECKING:
     from service.detector import Detector
+    from service.schemas import ScoreResult
 
 STAGES = ("decode", "features", "inference", "total")
 
@@ -60,6 +67,7 @@ class PipelineResult:
     scores: list[float]
     clip_seconds: float  # audio seconds scored per pass
     warmup_s: float = 0.0  # first calls (compilation, tracing, first-run allocations)
+    cae_scores: list[float] = field(default_factory=list)  # each score's CAE component (unfused)
 
     @property
     def n_clips(self) -> int:
@@ -85,6 +93,26 @@ class PipelineResult:
         per_clip = self.clip_seconds / max(1, self.n_clips)
         return per_clip / (self.median("total") / 1000)
 
+    def stage(self, stage: str) -> dict[str, float]:
+        """Median and p95 of `stage`, wall clock and CPU, in ms."""
+        return {
+            "median_ms": self.median(stage),
+            "p95_ms": self.p95(stage),
+            "cpu_median_ms": self.median(stage, cpu=True),
+            "cpu_p95_ms": self.p95(stage, cpu=True),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures the results keep (JSON): every stage's `stage`, throughput and warm-up."""
+        return {
+            "name": self.name,
+            "n_clips": self.n_clips,
+            "stages": {stage: self.stage(stage) for stage in STAGES},
+            "clips_per_second": self.clips_per_second,
+            "real_time_factor": self.real_time_factor,
+            "warmup_s": self.warmup_s,
+        }
+
 
 class _Clock:
     def __init__(self) -> None:
@@ -109,14 +137,21 @@ def ours_staged(detector: Detector, clip: Clip, timings: Timings) -> None:
     timings.add("inference", *clock.lap())
 
 
-def ours_total(detector: Detector, clip: Clip, timings: Timings, *, model_name: str = "slider") -> float:
-    """The whole request's work (`score_upload`), timed; returns the score."""
+def ours_total(
+    detector: Detector, clip: Clip, timings: Timings, *, model_name: str = "slider"
+) -> ScoreResult:
+    """The whole request's work (`score_upload`), timed; returns the answer."""
     from service.scoring import score_upload
 
     clock = _Clock()
     result = score_upload(model_name, detector, clip.data)
     timings.add("total", *clock.lap())
-    return result.score
+    return result
+
+
+def cae_component(result: ScoreResult) -> float:
+    """The answer's CAE score (pooled patch error), which a fused score is built from."""
+    return result.components["cae"] if result.components else result.score
 
 
 def measure_ours(
@@ -130,17 +165,28 @@ def measure_ours(
     timings = Timings()
     for clip in clips:
         ours_staged(detector, clip, timings)
-    scores = [ours_total(detector, clip, timings, model_name=model_name) for clip in clips]
+    answers = [ours_total(detector, clip, timings, model_name=model_name) for clip in clips]
     return PipelineResult(
         name="ours",
         timings=timings,
-        scores=scores,
+        scores=[a.score for a in answers],
         clip_seconds=sum(c.seconds for c in clips),
         warmup_s=warmup_s,
+        cae_scores=[cae_component(a) for a in answers],
     )
 
 
-def measure_both(
+@dataclass
+class Measured:
+    """What `measure_all` timed: ours, the naive pipeline, and the peer and other settings when asked."""
+
+    ours: PipelineResult
+    naive: PipelineResult
+    peer: PipelineResult | None = None
+    other: PipelineResult | None = None
+
+
+def measure_all(
     detector: Detector,
     recipe: NaiveRecipe,
     predict: Callable[[np.ndarray], np.ndarray],
@@ -149,52 +195,93 @@ def measure_both(
     model_name: str = "slider",
     warmup: int = 3,
     other_detector: Detector | None = None,
-) -> tuple[PipelineResult, PipelineResult, PipelineResult | None]:
-    """Ours and the naive pipeline clip by clip, interleaved, so that both see the same machine.
+    peer_predict: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Measured:
+    """Ours, the naive pipeline and the optional ones clip by clip, interleaved, on the same machine.
 
     On a shared machine the load drifts over a run; timing all of one
     pipeline and then all of the other would put the drift into their ratio.
-    `other_detector` (the same model with other session settings) gets its
-    own whole `score_upload` of each clip too; its result is the third.
+    `peer_predict` runs the naive pipeline's librosa steps with this model
+    instead of `predict` (the peer); `other_detector` (the same model with
+    other session settings) gets its own whole `score_upload` of each clip.
     """
-    warm = []
-    warmups: tuple[Callable[[Clip], object], ...] = (
-        lambda clip: ours_total(detector, clip, Timings(), model_name=model_name),
-        lambda clip: naive_score(clip.data, recipe, predict),
-        lambda clip: other_detector and ours_total(other_detector, clip, Timings(), model_name=model_name),
-    )
-    for run in warmups:
+
+    def ours(clip: Clip, timings: Timings) -> tuple[float, float]:
+        ours_staged(detector, clip, timings)
+        answer = ours_total(detector, clip, timings, model_name=model_name)
+        return answer.score, cae_component(answer)
+
+    def librosa_with(
+        model: Callable[[np.ndarray], np.ndarray],
+    ) -> Callable[[Clip, Timings], tuple[float, float]]:
+        def run(clip: Clip, timings: Timings) -> tuple[float, float]:
+            score = naive_score(clip.data, recipe, model, timings)
+            return score, score  # the mean patch error is all it computes
+
+        return run
+
+    runs: dict[str, Callable[[Clip, Timings], tuple[float, float]]] = {
+        "ours": ours,
+        "naive": librosa_with(predict),
+    }
+    if peer_predict is not None:
+        runs["peer"] = librosa_with(peer_predict)
+    if other_detector is not None:
+
+        def other(clip: Clip, timings: Timings) -> tuple[float, float]:
+            answer = ours_total(other_detector, clip, timings, model_name=model_name)
+            return answer.score, cae_component(answer)
+
+        runs["ours (other settings)"] = other
+    warm = {}
+    for name, run in runs.items():
         started = time.perf_counter()
         for clip in clips[:warmup]:
-            run(clip)
-        warm.append(time.perf_counter() - started)
-    ours_t, naive_t, other_t = Timings(), Timings(), Timings()
-    ours_scores, naive_scores, other_scores = [], [], []
+            run(clip, Timings())
+        warm[name] = time.perf_counter() - started
+    timings = {name: Timings() for name in runs}
+    scores: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for clip in clips:
-        ours_staged(detector, clip, ours_t)
-        ours_scores.append(ours_total(detector, clip, ours_t, model_name=model_name))
-        naive_scores.append(naive_score(clip.data, recipe, predict, naive_t))
-        if other_detector is not None:
-            other_scores.append(ours_total(other_detector, clip, other_t, model_name=model_name))
+        for name, run in runs.items():
+            scores[name].append(run(clip, timings[name]))
     seconds = sum(c.seconds for c in clips)
-    other = None
-    if other_detector is not None:
-        other = PipelineResult(
-            name="ours (other settings)",
-            timings=other_t,
-            scores=other_scores,
+    done = {
+        name: PipelineResult(
+            name=name,
+            timings=timings[name],
+            scores=[score for score, _ in scores[name]],
             clip_seconds=seconds,
-            warmup_s=warm[2],
+            warmup_s=warm[name],
+            cae_scores=[cae for _, cae in scores[name]],
         )
-    return (
-        PipelineResult(
-            name="ours", timings=ours_t, scores=ours_scores, clip_seconds=seconds, warmup_s=warm[0]
-        ),
-        PipelineResult(
-            name="naive", timings=naive_t, scores=naive_scores, clip_seconds=seconds, warmup_s=warm[1]
-        ),
-        other,
+        for name in runs
+    }
+    return Measured(
+        ours=done["ours"],
+        naive=done["naive"],
+        peer=done.get("peer"),
+        other=done.get("ours (other settings)"),
     )
+
+
+def agreement(measured: Measured, reference: Sequence[float]) -> dict[str, float]:
+    """The largest relative score differences of a `measure_all`, keyed as the results' checks.
+
+    Ours against `reference` (`reference_scores`) and its other-settings twin
+    against ours; the librosa pipelines compute the mean patch error, so they
+    are held against ours' CAE component, which it is whether or not the
+    bundle fuses scorers.
+    """
+    ours = measured.ours
+    checks = {"ours_vs_detector_max_rel_diff": relative_difference(ours.scores, reference)}
+    if measured.other is not None:
+        checks["ours_one_thread_vs_ours_max_rel_diff"] = relative_difference(
+            measured.other.scores, ours.scores
+        )
+    for other in (measured.naive, measured.peer):
+        if other is not None:
+            checks[f"ours_vs_{other.name}_max_rel_diff"] = relative_difference(ours.cae_scores, other.scores)
+    return checks
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,9 @@ class Results:
     duration_s: float = 0.0
     imports: dict[str, Any] = field(default_factory=dict)  # bench.startup.ImportProfile of building the app
     ours_one_thread: dict[str, Any] | None = None  # ours' whole score_upload with 1 onnxruntime thread
+    peer: dict[str, Any] | None = None  # librosa + onnxruntime's default session on the same graph
+    int8: dict[str, Any] = field(default_factory=dict)  # bench.precision.measure: fp32 against int8
+    floor: dict[str, Any] = field(default_factory=dict)  # bench.floor.measure, plus "reached"
 
 
 def load_results(path: Path) -> Results:

@@ -10,10 +10,15 @@ Steps (each described in its module):
 2. clips: synthetic 10 s slider clips (`training.synth`) and the real recordings;
    a detector trained on the synthetic training clips and exported (`bench.detector`);
 3. in-process, one clip at a time: ours against the naive librosa + Keras
-   pipeline on the same model and clips (`bench.inprocess`);
-4. over HTTP: `asd-serve` with 1 and 2 workers, cold start, load at several
+   pipeline and the peer (librosa + onnxruntime's default session) on the
+   same model and clips (`bench.inprocess`);
+4. fp32 against int8: the detector quantized by `training.quantize` and both
+   timed side by side (`bench.precision`);
+5. a floor: the graph's multiply-adds at this machine's one-thread GEMM
+   rates (`bench.floor`);
+6. over HTTP: `asd-serve` with 1 and 2 workers, cold start, load at several
    concurrencies, resident memory after at least 1,000 requests (`bench.load`);
-5. the report (`bench.report`).
+7. the report (`bench.report`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import numpy as np
 
 from bench import machine as machine_info
 from bench.detector import Clip
-from bench.inprocess import PipelineResult
 from bench.report import render, text_table, with_kept_sections
 from bench.results import HttpRow, Results, ServerRow, load_results
 
@@ -70,6 +74,7 @@ class Config:
     synthetic_seconds: float = 10.0
     real: bool = True
     training_check: bool = True  # compare with training.evaluate.score_files
+    int8: bool = True  # quantize the detector (on the synthetic training clips) and time both
     quick: bool = False  # --quick: the report says so
 
     def requests_at(self, concurrency: int) -> int:
@@ -88,35 +93,17 @@ QUICK: dict[str, Any] = {
 }
 
 
-def _pipeline_dict(result: PipelineResult) -> dict[str, Any]:
-    stages = {}
-    for stage in ("decode", "features", "inference", "total"):
-        stages[stage] = {
-            "median_ms": result.median(stage),
-            "p95_ms": result.p95(stage),
-            "cpu_median_ms": result.median(stage, cpu=True),
-            "cpu_p95_ms": result.p95(stage, cpu=True),
-        }
-    return {
-        "name": result.name,
-        "n_clips": result.n_clips,
-        "stages": stages,
-        "clips_per_second": result.clips_per_second,
-        "real_time_factor": result.real_time_factor,
-        "warmup_s": result.warmup_s,
-    }
-
-
 def _log(message: str) -> None:
     print(message, flush=True)
 
 
 def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> Results:
     """Everything but the writing; `workdir` holds the clips, the model and the server logs."""
-    from bench import inprocess, load
+    from bench import floor, inprocess, load, precision
     from bench.detector import (
         keras_predict,
         make_synthetic_data,
+        onnx_default_predict,
         real_clips,
         reference_architecture,
         synthetic_test_clips,
@@ -151,7 +138,8 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     machine_root = make_synthetic_data(
         workdir / "data",
         ids=config.ids,
-        n_train=config.train_per_id if need_training else 0,
+        # The int8 twin takes its activation ranges, gate and thresholds from the training clips.
+        n_train=config.train_per_id if need_training or config.int8 else 0,
         n_test_normal=config.synthetic_normal_per_id,
         n_test_anomaly=config.synthetic_anomaly_per_id,
         seconds=config.synthetic_seconds,
@@ -209,26 +197,33 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
 
     # 2. in-process
     log(
-        f"in-process: ours and the naive pipeline (librosa + Keras predict), clip by clip, on {len(clips)} clips ..."
+        "in-process: ours, the naive pipeline (librosa + Keras predict) and the peer (librosa + "
+        f"onnxruntime defaults), clip by clip, on {len(clips)} clips ..."
     )
     recipe = inprocess.NaiveRecipe.from_detector(detector)
     # The same model on one onnxruntime thread (ASD_ORT_THREADS=1), when the default is more.
     single = Detector(model_dir, intra_op_threads=1) if settings_1.intra_op_threads > 1 else None
-    ours, naive, single_result = inprocess.measure_both(
-        detector, recipe, predict, clips, model_name=config.model_name, other_detector=single
+    peer_predict = onnx_default_predict(model_dir / bundle.model.file, input_name=bundle.model.input_name)
+    measured = inprocess.measure_all(
+        detector,
+        recipe,
+        predict,
+        clips,
+        model_name=config.model_name,
+        other_detector=single,
+        peer_predict=peer_predict,
     )
-    results.ours = _pipeline_dict(ours)
-    results.naive = _pipeline_dict(naive)
-    if single_result is not None:
-        results.ours_one_thread = _pipeline_dict(single_result)
-        results.checks["ours_one_thread_vs_ours_max_rel_diff"] = inprocess.relative_difference(
-            single_result.scores, ours.scores
-        )
-    log(f"  ours: total median {ours.median('total'):.2f} ms, {ours.clips_per_second:.1f} clips/s")
-    log(f"  naive: total median {naive.median('total'):.2f} ms, {naive.clips_per_second:.1f} clips/s")
-    reference = inprocess.reference_scores(detector, clips)
-    results.checks["ours_vs_detector_max_rel_diff"] = inprocess.relative_difference(ours.scores, reference)
-    results.checks["ours_vs_naive_max_rel_diff"] = inprocess.relative_difference(ours.scores, naive.scores)
+    ours = measured.ours
+    results.ours, results.naive = ours.to_dict(), measured.naive.to_dict()
+    results.peer = measured.peer.to_dict() if measured.peer else None
+    results.ours_one_thread = measured.other.to_dict() if measured.other else None
+    for pipeline in (ours, measured.naive, measured.peer):
+        if pipeline is not None:
+            log(
+                f"  {pipeline.name}: total median {pipeline.median('total'):.2f} ms, "
+                f"{pipeline.clips_per_second:.1f} clips/s"
+            )
+    results.checks.update(inprocess.agreement(measured, inprocess.reference_scores(detector, clips)))
     paths = [c.path for c in clips if c.path is not None]
     if config.training_check and len(paths) == len(clips):
         try:
@@ -240,7 +235,28 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
             results.checks["ours_vs_training_score_files_max_rel_diff"] = inprocess.relative_difference(
                 ours.scores, expected
             )
-    del detector, single
+    del detector, single, peer_predict
+
+    if config.int8:
+        log("int8: quantizing the detector on the synthetic training clips (training.quantize) ...")
+        results.int8 = precision.measure(
+            model_dir,
+            machine_root,
+            workdir / "int8" / config.model_name,
+            clips,
+            intra_op_threads=settings_1.intra_op_threads,
+        )
+        log("  " + precision.summary(results.int8))
+    log("floor: multiply-adds of the graph and this machine's one-thread GEMM rates ...")
+    results.floor = floor.measure(
+        model_dir / bundle.model.file,
+        batch=results.detector["patches_per_10s"],
+        inference={
+            "fp32": results.ours["stages"]["inference"],
+            "int8": results.int8.get("int8", {}).get("inference"),
+        },
+    )
+    log("  " + floor.summary(results.floor))
 
     # 3. start-up imports, then HTTP
     from bench.startup import import_profile

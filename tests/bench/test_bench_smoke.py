@@ -3,7 +3,9 @@
 No timing is asserted: the numbers must exist, be finite and positive, the
 tables must have their shape, and our scores must be `Detector.score_file`'s. Training is skipped: a constant-factor
 ONNX "autoencoder" stands in for the trained detector and `x * factor` for
-Keras' `predict`, so the naive librosa path still runs.
+Keras' `predict`, so the naive librosa path still runs; the peer runs that
+graph in onnxruntime's default session, and its int8 twin is quantized on
+ten synthetic training clips.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
         synthetic_normal_per_id=3,
         synthetic_anomaly_per_id=2,
         synthetic_seconds=3.0,
+        train_per_id=10,  # the fewest the int8 twin's thresholds are refitted on
         real=False,
         workers=(1,),
         concurrency=(2,),
@@ -63,8 +66,29 @@ def test_in_process_numbers_exist_and_scores_are_the_detectors(smoke):
     # Ours is the deployed path: exactly read_audio + Detector.score.
     assert smoke.checks["ours_vs_detector_max_rel_diff"] == 0.0
     assert smoke.checks.get("ours_one_thread_vs_ours_max_rel_diff", 0.0) == 0.0
-    # The naive path computes the same thing with librosa's features.
+    # The naive path and the peer compute the same thing with librosa's features.
     assert smoke.checks["ours_vs_naive_max_rel_diff"] < 1e-3
+    assert smoke.checks["ours_vs_peer_max_rel_diff"] < 1e-3
+
+
+def test_peer_int8_and_floor_rows_are_measured(smoke):
+    assert smoke.peer["n_clips"] == 5
+    for stage in ("decode", "features", "inference", "total"):
+        assert _finite_positive(smoke.peer["stages"][stage]["median_ms"]), stage
+    row = smoke.int8
+    assert row["status"] == "quantized", row.get("reason")
+    assert row["n_clips"] == 5 and row["n_normal"] == 10
+    for precision in ("fp32", "int8"):
+        for stage in ("inference", "score"):
+            assert _finite_positive(row[precision][stage]["median_ms"]), (precision, stage)
+    # A product by a constant quantizes well: the gate passed, so the scores stay within its 2 %.
+    assert 0 <= row["max_rel_score_diff"] < 0.02
+    floor = smoke.floor
+    # The stand-in graph is one Mul: no products to count, so a zero floor that nothing reaches.
+    assert floor["macs"] == 0 and floor["floor_ms"] == {"fp32": 0.0, "int8": 0.0}
+    assert {rate["precision"] for rate in floor["rates"]} == {"fp32", "int8"}
+    assert all(_finite_positive(rate["gmacs"]) for rate in floor["rates"])
+    assert floor["reached"]["fp32"]["cpu"] == 0.0 and set(floor["reached"]) == {"fp32", "int8"}
 
 
 def test_http_numbers_exist_without_errors(smoke):
@@ -82,7 +106,8 @@ def test_http_numbers_exist_without_errors(smoke):
 
 def test_report_tables_have_their_shape(smoke):
     text = text_table(smoke)
-    assert "naive/ours" in text and "clips/s" in text
+    assert "naive/ours" in text and "peer/ours" in text and "clips/s" in text
+    assert "int8: inference median" in text and "floor: 0.0 M multiply-adds" in text
     markdown = render(smoke)
     for heading in (
         "## Machine",
@@ -90,6 +115,8 @@ def test_report_tables_have_their_shape(smoke):
         "## In-process",
         "## HTTP",
         "## Cold start and memory",
+        "## fp32 against int8",
+        "## A floor",
         "## Targets",
     ):
         assert heading in markdown
