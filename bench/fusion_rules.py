@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.int8_quality import find_cells
 from service.detector import Detector
 from service.scorers import FUSION_OFFSET, fuse
 from training.clip_scores import find_test_clips
@@ -80,21 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
-    names = {d.strip() for d in args.detectors.split(",") if d.strip()}
-    folders = [
-        f
-        for f in sorted((args.work / "fits").glob("*/*/*_fit*"))
-        if f.is_dir() and (f / "threshold.json").is_file() and f.name.rsplit("_fit", 1)[0] in names
-    ]
-    if not folders:
+    cells = find_cells(args.work, [d.strip() for d in args.detectors.split(",") if d.strip()])
+    if not cells:
         print(
             f"fusion_rules: error: no fitted {args.detectors} folders under {args.work}/fits", file=sys.stderr
         )
         return 2
     table: dict[str, dict[str, dict[str, float]]] = {}
     failed = 0
-    for folder in folders:
-        data_root = args.work / "data" / folder.parent.parent.name / folder.parent.name
+    for folder, data_root, _, _ in cells:
         try:
             table[f"{folder.parent.name}/{folder.name}"] = study(folder, data_root)
         except (OSError, ValueError) as error:
@@ -103,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| data set | " + " | ".join(RULES) + " |")
     print("| --- |" + " --- |" * len(RULES))
     for name, rules in [*table.items(), ("mean", _means(table))]:
-        cells = " | ".join(f"{rules[r]['auc']:.3f} / {rules[r]['pauc']:.3f}" for r in RULES)
-        print(f"| {name} | {cells} |")
+        row = " | ".join(f"{rules[r]['auc']:.3f} / {rules[r]['pauc']:.3f}" for r in RULES)
+        print(f"| {name} | {row} |")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1) + "\n")
     return 1 if failed else 0
