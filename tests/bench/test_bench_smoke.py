@@ -17,6 +17,7 @@ import pytest
 
 from bench.report import render, targets, text_table
 from bench.run import Config, run
+from tests.bench.test_report_rows import assert_tables_rectangular
 from tests.training.tiny_detector import make_detector
 
 FACTOR = 0.5
@@ -120,16 +121,7 @@ def test_report_tables_have_their_shape(smoke):
         "## Targets",
     ):
         assert heading in markdown
-    # Every Markdown table row has as many cells as its header.
-    table: list[str] = []
-    for line in [*markdown.splitlines(), ""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            widths = {row.strip().count("|") for row in table}
-            assert len(widths) == 1, table
-            table = []
+    assert_tables_rectangular(markdown)
     stage_rows = [
         line
         for line in markdown.splitlines()

@@ -127,7 +127,8 @@ def _row(markdown: str, first_cell: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def _tables_are_rectangular(markdown: str) -> None:
+def assert_tables_rectangular(markdown: str) -> None:
+    """Every Markdown table row has as many cells as its header."""
     table: list[str] = []
     for line in [*markdown.splitlines(), ""]:
         if line.startswith("|"):
@@ -140,7 +141,7 @@ def _tables_are_rectangular(markdown: str) -> None:
 
 def test_the_peer_has_its_columns_and_its_ratio():
     markdown = render(_results())
-    _tables_are_rectangular(markdown)
+    assert_tables_rectangular(markdown)
     total = _row(markdown, "total")
     # ours 10 ms, naive 80 ms, peer 25 ms: 8 x and 2.5 x.
     assert total[7] == "8.0 x" and total[8:] == ["25.0", "30.0", "25.0", "2.5 x"]
@@ -218,7 +219,7 @@ def test_a_floor_that_could_not_be_had_says_why():
 def test_results_without_the_new_rows_render_as_before():
     results = replace(_results(), peer=None, int8={}, floor={})
     markdown = render(results)
-    _tables_are_rectangular(markdown)
+    assert_tables_rectangular(markdown)
     assert (
         "peer median" not in markdown
         and "## fp32 against int8" not in markdown
