@@ -33,7 +33,7 @@ RULES: dict[str, Rule] = {
     "cae alone": lambda z_cae, z_env: z_cae,
     "envelope alone": lambda z_cae, z_env: z_env,
     "mean (default)": lambda z_cae, z_env: np.asarray(fuse([z_cae, z_env], offset=FUSION_OFFSET)),
-    "max": lambda z_cae, z_env: np.asarray(np.maximum(z_cae, z_env)),
+    "max": lambda z_cae, z_env: np.asarray(fuse([z_cae, z_env], offset=FUSION_OFFSET, rule="max")),
 }
 
 

@@ -37,7 +37,7 @@ def normalize_machine_id(raw: str) -> str:
 # 2 added per-ID thresholds, false-alarm curves, calibration history and the
 # input fingerprint; every addition is optional, so format 1 folders still load.
 # The later `scoring` section is optional too: without it a folder scores as before; a folder
-# without `model.precision` holds an fp32 graph.
+# without `model.precision` holds an fp32 graph, and a `scoring` section without `fusion` takes the mean.
 FORMAT_VERSION: Final = 2
 THRESHOLD_FILE = "threshold.json"
 MODEL_FILE = "model.onnx"

@@ -15,6 +15,7 @@ from service.scorers import check_pooling
 
 __all__ = [
     "EnvelopeModel",
+    "Fusion",
     "Pooling",
     "ScorerName",
     "ScoresFrom",
@@ -32,6 +33,7 @@ class _Strict(BaseModel):
 
 
 Pooling = Literal["mean", "max", "topk", "gwrp"]
+Fusion = Literal["mean", "max"]  # service.scorers.FUSIONS
 ScorerName = Literal["cae", "envelope"]
 
 
@@ -97,10 +99,11 @@ class Scoring(_Strict):
     """How patch errors and other scorers become the clip score; absent: the CAE's mean patch error.
 
     With `scorers` ["cae", "envelope"] the score is
-    `offset + mean_j max((s_j - mean_j) / std_j, -offset)` over the CAE's
-    pooled error and the envelope's Mahalanobis distance, with the machine
-    ID's entry (`per_id`) when the request names an ID that has one, else the
-    model-wide entry (`service.scorers`).
+    `offset + fusion_j max((s_j - mean_j) / std_j, -offset)` over the CAE's
+    pooled error and the envelope's Mahalanobis distance, `fusion` the mean
+    or the max over the two, with the machine ID's entry (`per_id`) when the
+    request names an ID that has one, else the model-wide entry
+    (`service.scorers`). Folders written before `fusion` existed use the mean.
     """
 
     pooling: Pooling = "mean"
@@ -112,6 +115,9 @@ class Scoring(_Strict):
         None, description="Mel-bin boundaries of the envelope's coarse bands, 0 ... n_mels."
     )
     offset: float | None = Field(None, gt=0, description="Keeps fused scores positive (see above).")
+    fusion: Fusion = Field(
+        "mean", description="How the scorers' z-scores combine: their mean, or the larger (max)."
+    )
     standardised_from: ScoresFrom | None = Field(
         None, description="Held-out scores the standardisation came from: holdout or cross_fit (out-of-fold)."
     )
@@ -138,6 +144,8 @@ class Scoring(_Strict):
             raise ValueError(f'scorers must be ["cae"] or ["cae", "envelope"], got {self.scorers}')
         parts = (self.band_edges, self.offset, self.standardised_from, self.model_wide, self.per_id)
         if not self.fused:
+            if self.fusion != "mean":
+                raise ValueError(f"fusion {self.fusion} needs two scorers, got {self.scorers}")
             if any(part is not None for part in parts):
                 raise ValueError(
                     "band_edges, offset, standardised_from, model_wide and per_id belong to "

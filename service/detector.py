@@ -418,10 +418,12 @@ class Detector:
         cae_mean, cae_std = entry.stats["cae"]
         env_mean, env_std = entry.stats["envelope"]
         z_env = (distance - env_mean) / env_std
-        score = fuse([(pooled - cae_mean) / cae_std, z_env], offset=scoring.offset)
-        # Pooling is a weighted mean of sorted errors, so patch scores pooled give `score` (floors aside).
+        rule = scoring.fusion
+        score = fuse([(pooled - cae_mean) / cae_std, z_env], offset=scoring.offset, rule=rule)
+        # Pooling is a weighted mean of sorted errors, so under the mean rule patch scores pooled give
+        # `score` (floors aside); under max they give at least it (service.scorers).
         errors = np.asarray(patch_errors, dtype=np.float64)
-        patch_scores = fuse([(errors - cae_mean) / cae_std, z_env], offset=scoring.offset)
+        patch_scores = fuse([(errors - cae_mean) / cae_std, z_env], offset=scoring.offset, rule=rule)
         return Combined(
             score=float(score),
             patch_scores=np.asarray(patch_scores),

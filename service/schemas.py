@@ -17,7 +17,15 @@ from service.bundle import (
     Threshold,
     Training,
 )
-from service.bundle_scoring import Pooling, ScorerName, ScoresFrom, Scoring, ScoringEntry, Standardisation
+from service.bundle_scoring import (
+    Fusion,
+    Pooling,
+    ScorerName,
+    ScoresFrom,
+    Scoring,
+    ScoringEntry,
+    Standardisation,
+)
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint, InputCheck
 
@@ -113,6 +121,7 @@ class ScoringInfo(BaseModel):
     scorers: list[ScorerName]
     band_edges: list[int] | None
     offset: float | None
+    fusion: Fusion = Field(description="How the scorers' z-scores combine: their mean, or the larger (max).")
     standardised_from: ScoresFrom | None
     model_wide: ScoringEntryInfo | None
     per_id: dict[str, ScoringEntryInfo] | None

@@ -34,12 +34,24 @@ here because every band shares one unit, dB. Coarse bands keep the stored
 precision matrix at 32 x 32 numbers per ID; the CAE sees the fine structure.
 
 Fusion standardises each scorer's raw score per ID with the mean and std of
-that scorer's scores on held-out normal clips and averages:
-`offset + mean_j max((s_j - mean_j) / std_j, -offset)`. The offset keeps the
-score positive, which the gamma threshold and the score / threshold ratio
-need; a scorer far below its normal range (more than `offset` stds) counts
-as `-offset`, so one scorer cannot hide what another sees by being very
-low, and the score is never negative.
+that scorer's scores on held-out normal clips and combines the z-scores by a
+rule (`FUSIONS`):
+
+* `mean`: `offset + mean_j max(z_j, -offset)`; a fault that one scorer sees
+  is diluted by the other's normal-looking score;
+* `max`: `offset + max_j max(z_j, -offset)`, an alarm when either scorer
+  leaves its normal range; a scorer that sees nothing of a fault no longer
+  halves what the other sees, at the price of two chances of a false alarm
+  per clip (the threshold is fitted to the fused scores, so the rate holds).
+
+The offset keeps the score positive, which the gamma threshold and the
+score / threshold ratio need; a scorer far below its normal range (more
+than `offset` stds) counts as `-offset`, so under the mean one scorer
+cannot hide what another sees by being very low, and the score is never
+negative. Patch scores apply the same rule to each patch's CAE z-score and
+the clip's envelope z-score; pooled, they give the clip score under the
+mean rule (floors aside) and under max pooling, and at least the clip score
+otherwise (a patch may exceed the envelope where the pooled error does not).
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ ENVELOPE_BANDS = 32
 MIN_VARIANCE_DB2 = 1e-4
 MIN_ENVELOPE_CLIPS = 2
 FUSION_OFFSET = 5.0
+FUSIONS = ("mean", "max")
 
 
 def check_pooling(pooling: str, param: float | None) -> float | None:
@@ -182,8 +195,18 @@ def mahalanobis(vectors: np.ndarray, *, mean: np.ndarray, precision: np.ndarray)
     return distances
 
 
-def fuse(z: Sequence[np.ndarray | float], *, offset: float = FUSION_OFFSET) -> np.ndarray | float:
-    """`offset + mean_j max(z_j, -offset)` of standardised scores (scalars or broadcastable arrays)."""
+def fuse(
+    z: Sequence[np.ndarray | float], *, offset: float = FUSION_OFFSET, rule: str = "mean"
+) -> np.ndarray | float:
+    """`offset + rule_j max(z_j, -offset)` of standardised scores (scalars or broadcastable arrays).
+
+    `rule` is one of `FUSIONS`: the mean or the max over the scorers j.
+    """
     floored = [np.maximum(np.asarray(v, dtype=np.float64), -offset) for v in z]
-    total = offset + sum(floored[1:], floored[0]) / len(floored)
+    if rule == "mean":
+        total = offset + sum(floored[1:], floored[0]) / len(floored)
+    elif rule == "max":
+        total = offset + np.maximum.reduce(np.broadcast_arrays(*floored))
+    else:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose {', '.join(FUSIONS)}")
     return float(total) if np.ndim(total) == 0 else total

@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         "both standardised per machine ID on held-out normal scores",
     )
     fit.add_argument(
+        "--fusion",
+        choices=("mean", "max"),
+        default=None,
+        help="cae+envelope: combine the two z-scores by their mean or the larger (max) "
+        "(default: training.fit_options.DEFAULT_FUSION)",
+    )
+    fit.add_argument(
         "--precision",
         choices=("fp32", "int8"),
         default="fp32",
@@ -411,6 +418,7 @@ def _fit(args: argparse.Namespace) -> None:
         pooling=args.pooling,
         pooling_param=args.pooling_param,
         scorer=args.scorer,
+        fusion=args.fusion,
         precision=args.precision,
         progress=not args.quiet,
     )

@@ -97,6 +97,7 @@ def make_candidate(
         pooling_param=options.pooling_param,
         envelopes=envelopes,
         fused=options.fused,
+        fusion=options.fusion or "mean",
         precision=options.precision,
     )
 

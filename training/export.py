@@ -54,7 +54,7 @@ from service.bundle import (
     Training,
     sha256_of,
 )
-from service.bundle_scoring import Pooling, ScoresFrom, Scoring
+from service.bundle_scoring import Fusion, Pooling, ScoresFrom, Scoring
 from service.detector import Detector, Score
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint
@@ -186,6 +186,7 @@ class Candidate:
     # model's candidate has none (its fold's Gaussians score its held-out clips beside it).
     envelopes: Envelopes | None = None
     fused: bool = False
+    fusion: Fusion = "mean"
     # int8: every exported graph, the fold models' too, is quantized before it scores a clip.
     precision: Precision = "fp32"
 
@@ -428,6 +429,7 @@ def export_detector(
                 pooling=candidate.pooling,
                 pooling_param=candidate.pooling_param,
                 scores_from=calibration.scores_from,
+                fusion=candidate.fusion,
             )
             if not held_out:  # out-of-fold: the fold models are gone, their raw scores remain
                 scores, wide = fused_scores(raw, ids, scoring)

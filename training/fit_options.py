@@ -9,7 +9,7 @@ import numpy as np
 
 from service.audio import Channel
 from service.bundle import Precision
-from service.bundle_scoring import Pooling
+from service.bundle_scoring import Fusion, Pooling
 from service.features import FeatureParams
 from service.scorers import check_pooling
 from training.dataset import Arch
@@ -32,6 +32,8 @@ SCORERS: tuple[ScorerChoice, ...] = ("cae", "cae+envelope")
 # The clip score per architecture: `cae` is the autoencoder's reconstruction error alone (for the
 # dense baseline too, which stays the DCASE recipe); `cae+envelope` fuses it with the envelope scorer.
 ARCH_SCORERS: dict[str, ScorerChoice] = {"cae": "cae+envelope", "dense": "cae"}
+# How a fused scorer combines its z-scores (service.scorers): models/README.md, "Fusion rules".
+DEFAULT_FUSION: Fusion = "mean"
 
 CalibrationMode = Literal["auto", "cross-fit", "holdout"]
 # `auto` cross-fits while the smallest machine ID has fewer clips than this: a
@@ -68,6 +70,7 @@ class FitOptions:
     pooling: Pooling = "mean"
     pooling_param: float | None = None  # None: the pooling's default (service.scorers)
     scorer: ScorerChoice | None = None  # None: the architecture's (`ARCH_SCORERS`)
+    fusion: Fusion | None = None  # None: `DEFAULT_FUSION` for a fused scorer
     precision: Precision = "fp32"  # int8: the exported graph quantized (training.quantize)
     workers: int = 2
     progress: bool = True
@@ -95,7 +98,12 @@ class FitOptions:
             batch_size=defaults["batch_size"] if self.batch_size is None else self.batch_size,
             pooling_param=pooling_param,
             scorer=ARCH_SCORERS[self.arch] if self.scorer is None else self.scorer,
+            fusion=DEFAULT_FUSION if self.fusion is None else self.fusion,
         )
+        if done.fusion not in ("mean", "max"):
+            raise DatasetError(f"unknown fusion {done.fusion!r}; choose mean or max")
+        if self.fusion is not None and self.fusion != "mean" and done.scorer != "cae+envelope":
+            raise DatasetError(f"--fusion {self.fusion} combines two scorers: it needs --scorer cae+envelope")
         for name in ("frames", "patch_hop", "epochs", "batch_size"):
             if getattr(done, name) <= 0:
                 raise DatasetError(f"{name.replace('_', '-')} must be positive, got {getattr(done, name)}")

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.bundle_scoring import EnvelopeModel, Pooling, ScoresFrom, Scoring, ScoringEntry, Standardisation
+from service.bundle_scoring import (
+    EnvelopeModel,
+    Fusion,
+    Pooling,
+    ScoresFrom,
+    Scoring,
+    ScoringEntry,
+    Standardisation,
+)
 from service.scorers import FUSION_OFFSET, Gaussian, coarse_bands, fit_gaussian, fuse
 from training.errors import ExportError
 from training.threshold import MIN_ID_CLIPS
@@ -93,6 +101,7 @@ def fit_scoring(
     pooling: Pooling,
     pooling_param: float | None,
     scores_from: ScoresFrom,
+    fusion: Fusion = "mean",
 ) -> Scoring:
     """The fused `scoring` section: `envelopes` and each scorer's standardisation from `raw`.
 
@@ -130,6 +139,7 @@ def fit_scoring(
         scorers=["cae", "envelope"],
         band_edges=list(envelopes.edges),
         offset=FUSION_OFFSET,
+        fusion=fusion,
         standardised_from=scores_from,
         model_wide=wide,
         per_id=per_id or None,
@@ -153,6 +163,7 @@ def fused_scores(
             fuse(
                 [(raw.cae[rows] - cae.mean) / cae.std, (envelope[rows] - env.mean) / env.std],
                 offset=offset,
+                rule=scoring.fusion,
             ),
             dtype=np.float64,
         ).reshape(int(rows.sum()))

@@ -171,6 +171,17 @@ def test_fusion_is_the_offset_plus_the_mean_of_floored_z_scores() -> None:
     np.testing.assert_allclose(fuse([np.array([0.0, 2.0]), 4.0], offset=5.0), [7.0, 8.0])
 
 
+def test_max_fusion_is_the_offset_plus_the_larger_floored_z_score() -> None:
+    assert fuse([1.0, 3.0], offset=5.0, rule="max") == 8.0
+    assert fuse([-8.0, -6.0], offset=5.0, rule="max") == 0.0  # both far below normal: floored, never negative
+    assert fuse([-8.0, 0.5], offset=5.0, rule="max") == 5.5
+    np.testing.assert_allclose(
+        fuse([np.array([0.0, 2.0, 7.0]), 4.0], offset=5.0, rule="max"), [9.0, 9.0, 12.0]
+    )
+    with pytest.raises(ValueError, match="unknown fusion rule 'median'"):
+        fuse([1.0, 2.0], rule="median")
+
+
 # The scoring section of a bundle
 
 CLIP = encode(0.1 * noise(2.0))
@@ -251,6 +262,42 @@ def test_a_fused_bundle_round_trips_and_scores_by_machine_id(probe, tmp_path: Pa
     assert louder.score > wide.score + 10
 
 
+def test_max_fusion_scores_by_the_larger_z_score(probe, tmp_path: Path) -> None:
+    s, band_db = probe
+    mean_rule = fused_scoring(s, band_db, pooling="mean")
+    max_rule = mean_rule.model_copy(update={"fusion": "max"})
+    folder = make_detector(tmp_path / "max", scoring=max_rule)
+    assert Bundle.read(folder).scoring == max_rule
+    assert json.loads((folder / THRESHOLD_FILE).read_text())["scoring"]["fusion"] == "max"
+    by_max = Detector(folder)
+    by_mean = Detector(make_detector(tmp_path / "mean", scoring=mean_rule))
+    for samples in (_samples(), 2.0 * _samples()):
+        for machine_id in (None, "02"):
+            a, b = by_max.score(samples, machine_id=machine_id), by_mean.score(samples, machine_id=machine_id)
+            assert a.components == b.components  # the rule acts after the scorers
+            _, entry = max_rule.entry_for(machine_id)
+            cae, env = entry.standardisation["cae"], entry.standardisation["envelope"]
+            z = [(a.components["cae"] - cae.mean) / cae.std, (a.components["envelope"] - env.mean) / env.std]
+            assert a.score == pytest.approx(5.0 + max(*z, -5.0), rel=1e-12)
+            assert a.score >= b.score - 1e-9  # the larger of two never falls below their mean
+            # Each patch takes the larger of its own CAE z and the clip's envelope z: the mean of
+            # those is at least the clip score, and the worst patch's is the clip's when the CAE leads.
+            assert float(a.patch_scores.mean()) >= a.score - 1e-9
+            np.testing.assert_allclose(
+                a.patch_scores,
+                5.0
+                + np.maximum(
+                    np.maximum((a.patch_errors.astype(np.float64) - cae.mean) / cae.std, z[1]), -5.0
+                ),
+                rtol=1e-9,
+            )
+
+
+def test_max_fusion_needs_two_scorers() -> None:
+    with pytest.raises(ValueError, match="fusion max needs two scorers"):
+        Scoring(fusion="max")
+
+
 def test_pooling_alone_changes_only_the_clip_score(probe, tmp_path: Path) -> None:
     plain = Detector(make_detector(tmp_path / "plain"))
     pooled = Detector(make_detector(tmp_path / "topk", scoring=Scoring(pooling="topk", pooling_param=0.25)))
@@ -298,6 +345,7 @@ BROKEN = {
     "precision not positive definite": (_not_positive_definite, "positive definite"),
     "an unknown machine ID": (lambda s: s["per_id"].update({"09": s["per_id"]["02"]}), "09"),
     "an unknown field": (lambda s: s.update(weights=[1, 2]), "weights"),
+    "an unknown fusion rule": (lambda s: s.update(fusion="median"), "fusion"),
 }
 
 

@@ -61,8 +61,12 @@ def fits(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     """The same tiny cross-fit, CAE only and fused."""
     models = tmp_path_factory.mktemp("models")
     found = {}
-    for name, scorer in (("cae", "cae"), ("fused", "cae+envelope")):
-        found[name] = (_fit(data_root, models / name, scorer=scorer), models / name)
+    for name, scorer, fusion in (
+        ("cae", "cae", None),
+        ("fused", "cae+envelope", None),
+        ("max", "cae+envelope", "max"),
+    ):
+        found[name] = (_fit(data_root, models / name, scorer=scorer, fusion=fusion), models / name)
     return found
 
 
@@ -155,7 +159,30 @@ def test_the_envelope_scores_that_standardise_are_out_of_fold(fits, data_root: P
     assert first.components["cae"] == pytest.approx(float(first.patch_errors.mean()), rel=1e-6)
 
 
-def test_a_fused_holdout_calibrates_on_the_scores_the_service_gives(data_root: Path, tmp_path: Path) -> None:
+def test_max_fusion_calibrates_on_the_larger_z_score_of_each_clip(fits) -> None:
+    summary, out = fits["max"]
+    bundle = Bundle.read(out)
+    scoring, raw, ids = bundle.scoring, summary.raw_scores, np.asarray(summary.calibration_ids)
+    assert scoring is not None and raw is not None and scoring.fusion == "max"
+    assert Bundle.read(fits["fused"][1]).scoring.fusion == "mean"
+    for mid in IDS:
+        rows = ids == mid
+        cae, env = scoring.per_id[mid].standardisation["cae"], scoring.per_id[mid].standardisation["envelope"]
+        z = np.maximum((raw.cae[rows] - cae.mean) / cae.std, (raw.envelope_own[rows] - env.mean) / env.std)
+        np.testing.assert_allclose(summary.calibration_scores[rows], 5.0 + np.maximum(z, -5.0), rtol=1e-12)
+        assert bundle.threshold.per_id[mid].value == pytest.approx(
+            calibrate(summary.calibration_scores[rows]).value, rel=1e-9
+        )
+    own, wide = fused_scores(raw, summary.calibration_ids, scoring)
+    np.testing.assert_array_equal(own, summary.calibration_scores)
+    np.testing.assert_array_equal(wide, summary.calibration_scores_wide)
+    assert bundle.threshold.value == pytest.approx(calibrate(wide).value, rel=1e-9)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_a_fused_holdout_calibrates_on_the_scores_the_service_gives(
+    fusion: str, data_root: Path, tmp_path: Path
+) -> None:
     summary = _fit(
         data_root,
         tmp_path / "holdout",
@@ -164,10 +191,12 @@ def test_a_fused_holdout_calibrates_on_the_scores_the_service_gives(data_root: P
         val_fraction=0.25,
         pooling="gwrp",
         pooling_param=0.8,
+        fusion=fusion,
     )
     bundle = Bundle.read(tmp_path / "holdout")
     scoring = bundle.scoring
     assert scoring is not None and scoring.pooling == "gwrp" and scoring.pooling_param == 0.8
+    assert scoring.fusion == fusion
     assert scoring.standardised_from == "holdout" and scoring.per_id is None  # 3 held-out clips per ID
     assert scoring.model_wide.envelope.n_clips == summary.n_train
     root = data_root / "slider" / "train"
@@ -188,6 +217,12 @@ def test_pooling_options_are_checked_before_training() -> None:
     with pytest.raises(DatasetError, match="scorer"):
         FitOptions(scorer="envelope").resolved()  # type: ignore[arg-type]
     assert FitOptions(pooling="topk").resolved().pooling_param == 0.1
+    with pytest.raises(DatasetError, match="--fusion max combines two scorers"):
+        FitOptions(scorer="cae", fusion="max").resolved()
+    with pytest.raises(DatasetError, match="--fusion max combines two scorers"):
+        FitOptions(arch="dense", fusion="max").resolved()
+    with pytest.raises(DatasetError, match="unknown fusion"):
+        FitOptions(fusion="median").resolved()  # type: ignore[arg-type]
 
 
 def test_the_cae_fuses_the_envelope_scorer_by_default_and_the_dense_baseline_does_not() -> None:
