@@ -45,6 +45,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "cae": (),
     "dense": ("--arch", "dense"),
     "cae-env": ("--scorer", "cae+envelope"),
+    "cae-env-max": ("--scorer", "cae+envelope", "--fusion", "max"),
 }
 TARGET_AUC = 0.9
 

@@ -48,7 +48,7 @@ from service.patches import PatchLayout
 from training.dataset import ClipFile, Skipped, list_clips
 from training.errors import CliError, DatasetError
 from training.fit import run_fit
-from training.fit_options import ARCH_DEFAULTS, ARCH_SCORERS, MIN_FIT_CLIPS, FitOptions
+from training.fit_options import ARCH_DEFAULTS, ARCH_SCORERS, DEFAULT_FUSION, MIN_FIT_CLIPS, FitOptions
 from training.metrics import MAX_FPR
 from training.model import CaeConfig
 from training.pseudo import KINDS, MIN_LENGTH_FACTOR, Kind, pseudo_anomalies
@@ -66,6 +66,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "bottleneck": CaeConfig().bottleneck,
     "pooling": FitOptions().pooling,
     "scorer": ARCH_SCORERS["cae"],
+    "fusion": DEFAULT_FUSION,  # used only by a fused scorer
 }
 
 
@@ -80,6 +81,7 @@ class SearchSpace:
     bottleneck: tuple[int, ...] = (8, 16, 32)
     pooling: tuple[str, ...] = ("mean", "topk", "gwrp")  # each with its default parameter
     scorer: tuple[str, ...] = ("cae", "cae+envelope")
+    fusion: tuple[str, ...] = ("mean", "max")
 
     def check(self, features: FeatureParams) -> None:
         """Raise `ModelConfigError` (or `CliError`) unless every combination builds a CAE."""
@@ -101,12 +103,13 @@ class SearchSpace:
             "bottleneck": trial.suggest_categorical("bottleneck", list(self.bottleneck)),
             "pooling": trial.suggest_categorical("pooling", list(self.pooling)),
             "scorer": trial.suggest_categorical("scorer", list(self.scorer)),
+            "fusion": trial.suggest_categorical("fusion", list(self.fusion)),
         }
 
     def defaults(self) -> dict[str, Any]:
         """`fit`'s defaults (`DEFAULT_PARAMS`), each moved into the space if it lies outside."""
         out = dict(DEFAULT_PARAMS)
-        for name in ("frames", "filters", "bottleneck", "pooling", "scorer"):
+        for name in ("frames", "filters", "bottleneck", "pooling", "scorer", "fusion"):
             choices = getattr(self, name)
             out[name] = out[name] if out[name] in choices else choices[0]
         for name in ("epochs", "learning_rate"):
@@ -167,6 +170,7 @@ def trial_options(params: dict[str, Any], options: TuneOptions) -> FitOptions:
         cae=_cae(params["filters"], params["bottleneck"]),
         pooling=params["pooling"],
         scorer=params["scorer"],
+        fusion=params["fusion"] if params["scorer"] == "cae+envelope" else None,
         seed=options.seed,
         channel=options.channel,
         calibration="holdout",
@@ -186,6 +190,8 @@ def fit_command(params: dict[str, Any], options: TuneOptions, *, data_root: Path
     argv += ["--learning-rate", f"{params['learning_rate']:g}", "--filters", params["filters"]]
     argv += ["--bottleneck", str(params["bottleneck"]), "--pooling", params["pooling"]]
     argv += ["--scorer", params["scorer"], "--seed", str(options.seed)]
+    if params["scorer"] == "cae+envelope":
+        argv += ["--fusion", params["fusion"]]
     if options.channel != 0:
         argv += ["--channel", str(options.channel)]
     return argv

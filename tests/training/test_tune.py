@@ -18,6 +18,7 @@ import training.tune as tune
 from training.cli import build_parser, main
 from training.dataset import ClipFile
 from training.errors import DatasetError
+from training.fit_options import DEFAULT_FUSION
 from training.synth import generate_dataset
 from training.tune import SearchSpace, TuneOptions, fit_command, needed_per_id, split_held_out, trial_options
 
@@ -93,6 +94,7 @@ def test_default_trial_is_fits_defaults_and_moves_into_a_narrow_space() -> None:
         "bottleneck": 16,
         "pooling": "mean",
         "scorer": "cae+envelope",
+        "fusion": "mean",
     }
     narrow = SearchSpace(frames=(16,), epochs=(2, 2)).defaults()
     assert narrow["frames"] == 16 and narrow["epochs"] == 2
@@ -107,11 +109,16 @@ def test_best_command_parses_as_fit_with_the_trials_options(tmp_path: Path) -> N
         "bottleneck": 32,
         "pooling": "gwrp",
         "scorer": "cae",
+        "fusion": "max",  # ignored without a second scorer
     }
     options = TuneOptions(ids=("00", "02"), seed=3, channel=1)
     argv = fit_command(params, options, data_root=tmp_path / "my data", out=tmp_path / "m")
     args = build_parser().parse_args(shlex.split(shlex.join(argv))[1:])
     trial = trial_options(params, options)
+    assert args.fusion is None and trial.resolved().fusion == DEFAULT_FUSION
+    fused = {**params, "scorer": "cae+envelope"}
+    fused_args = build_parser().parse_args(fit_command(fused, options, data_root=tmp_path, out=tmp_path)[1:])
+    assert fused_args.fusion == "max" == trial_options(fused, options).fusion
     assert args.command == "fit" and args.data_root == tmp_path / "my data" and args.out == tmp_path / "m"
     assert (args.frames, args.patch_hop, args.epochs) == (trial.frames, trial.patch_hop, trial.epochs)
     assert args.learning_rate == trial.learning_rate and args.seed == trial.seed and args.channel == 1
