@@ -10,17 +10,24 @@ numpy (`mel_filterbank`); training packs it into the exported model
 
 Where the time went (10 s at 16 kHz, 313 frames; bench/ measures it):
 
-* the FFT runs in float64: numpy 2's pocketfft is about ten times slower
-  on float32 input than on float64 (5-15 ms against 1-1.5 ms here);
+* the FFT runs in float64: numpy 2's pocketfft is about five times slower
+  on float32 input than on float64 (2.8 against 0.6 ms here), and the
+  float64 FFT is now half of the clip's time. Packing two real frames into
+  one complex FFT is no faster: a complex transform costs two real ones;
 * the STFT runs over blocks of frames with per-thread buffers reused from
-  clip to clip: three fresh 2.5 MB temporaries per clip cost more in page
-  faults than the FFT itself;
-* the mel projection multiplies only the non-zero run of each triangular
-  filter (about 1,000 of the 65,664 weights), one small matrix-vector
-  product per band, on the calling thread (`MelProjection`). The dense
-  `basis @ power` did 65 times the work and made OpenBLAS wake a second
-  thread, which then spin-waited: next to onnxruntime that doubled the CPU
-  time of the whole clip (a worker's inference went from 19 to 41 ms CPU).
+  clip to clip: fresh 2.5 MB temporaries for each clip cost more in page
+  faults than the FFT itself. The power is squared in place in the
+  spectrum's buffer and stored frames-major, as the FFT writes it: storing
+  it as (bins, frames) cost as much again as the whole mel projection;
+* the mel projection multiplies groups of adjacent triangular filters as
+  small dense blocks (18 products, 3,781 of the 65,664 weights) on the
+  calling thread, each small enough that OpenBLAS never hands it to a
+  second thread (`MelProjection`). One product per band took 1.7 times as
+  long (128 calls), numpy's vectorised sparse forms (a gather, then
+  `np.add.reduceat` or a sum) 3 to 10 times. The dense `basis @ power` did 65 times
+  the work and made OpenBLAS wake a second thread, which then spin-waited:
+  next to onnxruntime that doubled the CPU time of the whole clip (a
+  worker's inference went from 19 to 41 ms CPU).
 """
 
 from __future__ import annotations
@@ -183,21 +190,19 @@ def unpack_filters(first_bins: list[int], weights: list[list[float]], *, n_fft: 
 
 
 # The STFT runs over blocks of frames with per-thread buffers that are reused
-# from clip to clip: a 10 s clip as one block needs three fresh 2.5 MB arrays,
-# and the page faults of fresh memory cost more than the FFT itself (measured
+# from clip to clip: a 10 s clip as one block needs fresh 2.5 MB arrays, and
+# the page faults of fresh memory cost more than the FFT itself (measured
 # 4.5-7 ms CPU per clip against 2.0-2.2 ms in blocks of 64 frames, whose
 # 0.5 MB buffers also stay in cache).
 _STFT_BLOCK = 64
 
 
 class _StftBuffers:
-    __slots__ = ("spectrum", "squares", "windowed")
+    __slots__ = ("spectrum", "windowed")
 
     def __init__(self, n_fft: int) -> None:
-        n_bins = 1 + n_fft // 2
         self.windowed = np.empty((_STFT_BLOCK, n_fft), dtype=np.float64)
-        self.spectrum = np.empty((_STFT_BLOCK, n_bins), dtype=np.complex128)
-        self.squares = np.empty((_STFT_BLOCK, n_bins, 2), dtype=np.float64)
+        self.spectrum = np.empty((_STFT_BLOCK, 1 + n_fft // 2), dtype=np.complex128)
 
 
 class _ThreadScratch(threading.local):
@@ -214,55 +219,79 @@ class _ThreadScratch(threading.local):
 _scratch = _ThreadScratch()
 
 
-# OpenBLAS keeps a float32 matrix-vector product on one thread up to a few
-# hundred thousand elements (measured here: 120,000 on one thread, 480,000 on
-# two). Blocks of frames below that keep the mel projection on the calling
-# thread however long the clip, so it never competes with other workers.
-_SINGLE_THREAD_ELEMENTS = 100_000
+# OpenBLAS runs a float32 product on one thread up to a size (measured here:
+# a matrix-vector product of 120,000 elements on one thread and 480,000 on
+# two; a matrix product of 640,000 multiply-adds on one and 2.5 million on
+# two, each then 100 times slower while the other core was busy). Every
+# product of the projection stays below this many multiply-adds, so it runs on
+# the calling thread however long the clip and never competes with other work.
+_SINGLE_THREAD_MACS = 100_000
+# Adjacent bands are grouped while their block of the bank (bands x bins they
+# span) has at most this many weights: a product's cost is mostly the call, so
+# a few wasted zeros are cheaper than more calls (measured best at 256-320).
+_GROUP_AREA = 256
 
 
 class MelProjection:
-    """A mel filter bank kept as its non-zero runs and applied band by band.
+    """A mel filter bank kept as dense blocks of adjacent bands.
 
     Each triangular filter spans a few adjacent FFT bins (1 to 24 of 513 for
-    the defaults), so one small matrix-vector product per band replaces the
-    dense (n_mels, n_bins) product. Built once per filter bank.
+    the defaults), so a group of neighbouring bands spans few bins too: one
+    small matrix product per group (18 for the defaults) replaces the dense
+    (n_mels, n_bins) product. Built once per filter bank; read-only after.
     """
 
-    __slots__ = ("_block", "_runs", "n_bins", "n_mels")
+    __slots__ = ("_block", "_groups", "n_bins", "n_mels")
 
     def __init__(self, basis: np.ndarray) -> None:
         basis = np.asarray(basis, dtype=np.float32)
         if basis.ndim != 2:
             raise FeatureError(f"a mel filter bank has shape (n_mels, n_bins), got {basis.shape}")
         self.n_mels, self.n_bins = basis.shape
-        runs: list[tuple[int, int, np.ndarray] | None] = []
-        widest = 1
-        for row in basis:
+        # Groups of adjacent bands [first, last) tile all the bands, each with the
+        # bins [lo, hi) its non-empty bands span; an empty band (more mels than the
+        # FFT resolves) joins its neighbours as a zero column.
+        groups: list[tuple[int, int, int, int]] = []
+        first: int = 0
+        span: tuple[int, int] | None = None  # the bins of the open group's non-empty bands
+        for band, row in enumerate(basis):
             nonzero = np.flatnonzero(row)
             if nonzero.size == 0:
-                runs.append(None)  # an empty band (more mels than the FFT resolves)
                 continue
             lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
-            runs.append((lo, hi, np.ascontiguousarray(row[lo:hi])))
-            widest = max(widest, hi - lo)
-        self._runs = runs
-        self._block = max(1, _SINGLE_THREAD_ELEMENTS // widest)
+            if span is not None:
+                merged = (min(span[0], lo), max(span[1], hi))
+                if (band + 1 - first) * (merged[1] - merged[0]) <= _GROUP_AREA:
+                    span = merged
+                    continue
+                groups.append((first, band, *span))
+                first = band
+            span = (lo, hi)
+        groups.append((first, self.n_mels, *(span or (0, 0))))
+        self._groups = [
+            (first, last, lo, np.ascontiguousarray(basis[first:last, lo:hi].T) if hi > lo else None)
+            for first, last, lo, hi in groups
+        ]
+        largest = max((last - first) * (hi - lo) for first, last, lo, hi in groups)
+        self._block = max(1, _SINGLE_THREAD_MACS // max(1, largest))
 
-    def apply(self, power_t: np.ndarray) -> np.ndarray:
-        """`basis @ power_t`: power_t (n_bins, t) float32 C-contiguous -> (n_mels, t) float32."""
-        n_frames = power_t.shape[1]
-        mel = np.empty((self.n_mels, n_frames), dtype=np.float32)
+    def apply_frames(self, power: np.ndarray) -> np.ndarray:
+        """`power @ basis.T`: power (t, n_bins) float32 -> (t, n_mels) float32."""
+        n_frames = power.shape[0]
+        mel = np.empty((n_frames, self.n_mels), dtype=np.float32)
         for start in range(0, n_frames, self._block):
             stop = min(n_frames, start + self._block)
-            block = power_t if stop - start == n_frames else power_t[:, start:stop]
-            for band, run in enumerate(self._runs):
-                if run is None:
-                    mel[band, start:stop] = 0.0
+            for first, last, lo, weights in self._groups:
+                if weights is None:
+                    mel[start:stop, first:last] = 0.0
                 else:
-                    lo, hi, weights = run
-                    np.dot(weights, block[lo:hi], out=mel[band, start:stop])
+                    hi = lo + weights.shape[0]
+                    np.matmul(power[start:stop, lo:hi], weights, out=mel[start:stop, first:last])
         return mel
+
+    def apply(self, power_t: np.ndarray) -> np.ndarray:
+        """`basis @ power_t`: power_t (n_bins, t) float32 -> (n_mels, t) float32."""
+        return np.ascontiguousarray(self.apply_frames(power_t.T).T)
 
 
 @functools.lru_cache(maxsize=16)
@@ -313,7 +342,11 @@ def log_mel_projected(y: np.ndarray, params: FeatureParams, projection: MelProje
     n_bins = 1 + n_fft // 2
     if projection.n_bins != n_bins:
         raise FeatureError(f"the mel filter bank has {projection.n_bins} bins; n_fft {n_fft} gives {n_bins}")
-    padded = np.pad(y, n_fft // 2)  # centred frames, zero padding: librosa's default
+    margin = n_fft // 2  # centred frames, zero padding: librosa's default
+    padded = np.empty(y.size + 2 * margin, dtype=np.float32)  # np.pad spends twice as long
+    padded[:margin] = 0.0
+    padded[margin : margin + y.size] = y
+    padded[margin + y.size :] = 0.0
     if padded.size < n_fft:
         raise FeatureError(f"signal of {y.size} samples is shorter than one frame")
     n_frames = 1 + (padded.size - n_fft) // hop
@@ -323,7 +356,7 @@ def log_mel_projected(y: np.ndarray, params: FeatureParams, projection: MelProje
         strides=(padded.strides[0] * hop, padded.strides[0]),
         writeable=False,
     )
-    power_t = np.empty((n_bins, n_frames), dtype=np.float32)  # (bins, frames): mel bands read rows
+    power = np.empty((n_frames, n_bins), dtype=np.float32)  # frames-major, as the FFT writes it
     window = _window(n_fft)
     scratch = _scratch.get(n_fft)
     for start in range(0, n_frames, _STFT_BLOCK):
@@ -332,15 +365,15 @@ def log_mel_projected(y: np.ndarray, params: FeatureParams, projection: MelProje
         # float32 frames times the float64 window: the float64 FFT input in one pass.
         windowed = np.multiply(frames[start:stop], window, out=scratch.windowed[:rows])
         spectrum = np.fft.rfft(windowed, axis=1, out=scratch.spectrum[:rows])
-        target = power_t[:, start:stop].T
         if params.power == 2.0:
             pairs = spectrum.view(np.float64).reshape(rows, n_bins, 2)  # (re, im) of each bin
-            squares = np.square(pairs, out=scratch.squares[:rows])
-            np.add(squares[..., 0], squares[..., 1], out=target)  # re² + im², stored as float32
+            np.square(pairs, out=pairs)  # in place: the spectrum is not needed again
+            np.add(pairs[..., 0], pairs[..., 1], out=power[start:stop])  # re² + im², stored as float32
         else:
-            np.abs(spectrum, out=target)
-    mel = projection.apply(power_t)
+            np.abs(spectrum, out=power[start:stop])
+    mel = projection.apply_frames(power)
     np.maximum(mel, params.amin, out=mel)
-    np.log10(mel, out=mel)
-    mel *= 10.0
-    return mel
+    spec = np.empty((projection.n_mels, n_frames), dtype=np.float32)
+    np.log10(mel.T, out=spec)  # the transpose to (bands, frames) rides on the log's pass
+    spec *= 10.0
+    return spec

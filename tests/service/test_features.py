@@ -124,3 +124,62 @@ def test_mel_filterbank_is_librosas(params: FeatureParams) -> None:
         dtype=np.float32,
     )
     np.testing.assert_allclose(mel_filterbank(params), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_log_mel_from_many_threads_equals_one_thread():
+    # Each thread has its own STFT buffers: concurrent clips must not see each other's frames.
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = FeatureParams()
+    rng = np.random.default_rng(7)
+    clips = [(0.05 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (10, 3, 10, 7, 1, 10, 5, 2)]
+    expected = [log_mel(y, params) for y in clips]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda y: log_mel(y, params), clips))
+            for ours, theirs in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        FeatureParams(),
+        FeatureParams(n_fft=512, hop_length=160, n_mels=64),
+        FeatureParams(sample_rate=48000, n_fft=4096, hop_length=1024, n_mels=64, fmin=20.0),
+        FeatureParams(n_fft=2048, n_mels=256),
+    ],
+)
+def test_projection_equals_the_dense_product_in_products_kept_on_one_thread(params):
+    from service.features import _SINGLE_THREAD_MACS, MelProjection
+
+    basis = mel_filterbank(params)
+    projection = MelProjection(basis)
+    for first, last, _, weights in projection._groups:
+        if weights is not None:
+            # OpenBLAS would hand a larger product to a second thread.
+            assert projection._block * weights.size <= _SINGLE_THREAD_MACS, (first, last)
+    rng = np.random.default_rng(1)
+    power = (rng.random((2 * projection._block + 17, basis.shape[1])) ** 4 * 100).astype(np.float32)
+    dense = power.astype(np.float64) @ basis.T.astype(np.float64)
+    mel = projection.apply_frames(power)
+    assert mel.dtype == np.float32 and mel.shape == dense.shape
+    np.testing.assert_allclose(mel, dense, rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(
+        projection.apply(np.ascontiguousarray(power.T)), dense.T, rtol=2e-6, atol=1e-30
+    )
+
+
+def test_projection_of_empty_and_wide_bands():
+    from service.features import _GROUP_AREA, MelProjection
+
+    rng = np.random.default_rng(2)
+    basis = np.zeros((7, _GROUP_AREA + 40), dtype=np.float32)
+    basis[1, 3:6] = [0.5, 1.0, 0.5]  # bands 0, 3 and 6 stay empty
+    basis[2, 5:9] = [0.25, 0.5, 0.5, 0.25]
+    basis[4, 10 : _GROUP_AREA + 20] = 1.0  # wider than a group may be: a group of its own
+    basis[5, _GROUP_AREA + 30] = 2.0
+    power = rng.integers(0, 50, size=(9, basis.shape[1])).astype(np.float32)
+    mel = MelProjection(basis).apply_frames(power)
+    np.testing.assert_array_equal(mel, power @ basis.T)  # small integers: exact in any order
+    assert not mel[:, [0, 3, 6]].any()
