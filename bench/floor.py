@@ -364,11 +364,13 @@ def summary(row: dict[str, Any]) -> str:
     """One line of what `measure` found, for the run's log."""
     if "error" in row:
         return f"no floor: {row['error']}"
-    share = row["reached"].get("fp32", {}).get("cpu", float("nan"))
+    reached = "; ".join(
+        f"{precision} inference CPU time reaches {100 * share.get('cpu', float('nan')):.0f} % of its floor"
+        for precision, share in row["reached"].items()
+    )
     return (
         f"{row['macs'] / 1e6:.0f} M multiply-adds per clip; floor fp32 {row['floor_ms']['fp32']:.2f} ms, "
-        f"int8 {row['floor_ms']['int8']:.2f} ms; ours' inference CPU time reaches {100 * share:.0f} % "
-        "of the fp32 floor"
+        f"int8 {row['floor_ms']['int8']:.2f} ms" + (f"; {reached}" if reached else "")
     )
 
 

@@ -42,7 +42,7 @@ import numpy as np
 from bench.detector import Clip
 
 if TYPE_CHECKING:
-    from service.detector import Detector
+    from service.detector import Detector, Score
     from service.schemas import ScoreResult
 
 STAGES = ("decode", "features", "inference", "total")
@@ -149,8 +149,8 @@ def ours_total(
     return result
 
 
-def cae_component(result: ScoreResult) -> float:
-    """The answer's CAE score (pooled patch error), which a fused score is built from."""
+def cae_component(result: ScoreResult | Score) -> float:
+    """The answer's (or `Detector.score_file`'s) CAE score (pooled patch error), which a fused score is built from."""
     return result.components["cae"] if result.components else result.score
 
 
@@ -264,13 +264,17 @@ def measure_all(
     )
 
 
-def agreement(measured: Measured, reference: Sequence[float]) -> dict[str, float]:
+def agreement(
+    measured: Measured, reference: Sequence[float], *, librosa_reference: Sequence[float] | None = None
+) -> dict[str, float]:
     """The largest relative score differences of a `measure_all`, keyed as the results' checks.
 
     Ours against `reference` (`reference_scores`) and its other-settings twin
     against ours; the librosa pipelines compute the mean patch error, so they
     are held against ours' CAE component, which it is whether or not the
-    bundle fuses scorers.
+    bundle fuses scorers. `librosa_reference`: the CAE components of ours'
+    path on the weights the librosa pipelines run, when ours runs others (an
+    int8 twin); the checks are then keyed `fp32_vs_naive` and `fp32_vs_peer`.
     """
     ours = measured.ours
     checks = {"ours_vs_detector_max_rel_diff": relative_difference(ours.scores, reference)}
@@ -278,9 +282,10 @@ def agreement(measured: Measured, reference: Sequence[float]) -> dict[str, float
         checks["ours_one_thread_vs_ours_max_rel_diff"] = relative_difference(
             measured.other.scores, ours.scores
         )
+    against, name = (ours.cae_scores, "ours") if librosa_reference is None else (librosa_reference, "fp32")
     for other in (measured.naive, measured.peer):
         if other is not None:
-            checks[f"ours_vs_{other.name}_max_rel_diff"] = relative_difference(ours.cae_scores, other.scores)
+            checks[f"{name}_vs_{other.name}_max_rel_diff"] = relative_difference(against, other.scores)
     return checks
 
 

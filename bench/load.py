@@ -17,10 +17,17 @@ Cold start is process start (`Popen`) to the first 200 from `/ready`.
 Resident memory is VmRSS (and the peak, VmHWM) from /proc/<pid>/status of
 each worker: the uvicorn master's `multiprocessing` children with several
 workers, the master itself with one.
+
+`python -m bench.load` runs only this part, on a models folder of your
+choice (the shipped `models/` by default) and the benchmark's clips: one
+server per worker count, a warm-up, then one load run, printed with each
+worker's part of the server CPU (how evenly the connections were spread).
+`--env NAME=VALUE` passes settings to the server, to compare two of them.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -28,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -134,6 +142,13 @@ class Server:
     def memory(self) -> list[dict[str, float]]:
         """VmRSS and VmHWM in MB of each worker process."""
         return [{"pid": pid, **_status_mb(pid, ("VmRSS", "VmHWM"))} for pid in self.worker_pids()]
+
+    def model_precision(self, name: str) -> str | None:
+        """The precision the server reports for model `name` (GET /v1/models/{name}); None if none."""
+        answer = httpx.get(f"{self.url}/v1/models/{name}", timeout=10.0)
+        answer.raise_for_status()
+        precision = answer.json().get("precision")
+        return str(precision) if precision else None
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is not None:
@@ -406,3 +421,64 @@ def _status_mb(pid: int, keys: Sequence[str]) -> dict[str, float]:
     except OSError:
         pass
     return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load", description="asd-serve on loopback under the benchmark's load."
+    )
+    parser.add_argument(
+        "--models", type=Path, default=REPO / "models", help="models folder (default models/)"
+    )
+    parser.add_argument("--model", default="slider", help="ASD_DEFAULT_MODEL (default slider)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=16, help="requests before the measured run")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server setting")
+    args = parser.parse_args(argv)
+    if not (args.models / args.model).is_dir():
+        parser.error(f"no model folder {args.models / args.model}")
+    if min(args.workers) < 1 or args.concurrency < 1 or args.requests < 1 or args.warmup < 0:
+        parser.error("--workers, --concurrency and --requests must be at least 1, --warmup at least 0")
+    extra_env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--env takes NAME=VALUE, not {item!r}")
+        extra_env[name] = value
+
+    from bench.detector import make_synthetic_data, real_clips, synthetic_test_clips
+
+    with tempfile.TemporaryDirectory(prefix="asd-load-") as work:
+        # The clips of `make bench`: 200 synthetic 10 s slider clips and the real recordings.
+        root = make_synthetic_data(
+            Path(work) / "data", n_train=0, n_test_normal=55, n_test_anomaly=45, seconds=10.0
+        )
+        clips = synthetic_test_clips(root) + real_clips()
+        for workers in args.workers:
+            with start_server(
+                args.models,
+                workers=workers,
+                log_dir=Path(work) / "logs",
+                default_model=args.model,
+                extra_env=extra_env,
+            ) as server:
+                generator = LoadGenerator(server.url, clips, server_pids=server.worker_pids())
+                generator.run(concurrency=args.concurrency, requests=args.warmup)
+                result = generator.run(concurrency=args.concurrency, requests=args.requests)
+            split = " / ".join(f"{100 * share:.0f}" for share in result.worker_cpu_shares)
+            kinds = f" {result.error_kinds}" if result.error_kinds else ""
+            print(
+                f"{workers} worker(s), concurrency {args.concurrency}, {args.requests} requests: "
+                f"{result.throughput:.1f} clips/s, p50 {result.percentile(50):.1f} ms, "
+                f"p99 {result.percentile(99):.1f} ms, errors {result.errors}{kinds}, server CPU "
+                f"{result.server_cpu_ms:.1f} ms/request, per-worker CPU split {split or '-'} %, "
+                f"load average {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

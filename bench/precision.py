@@ -19,6 +19,11 @@ to clip so that a drifting load falls on both alike:
 The scores compared are the CAE components (`training.quantize.cae_score`,
 the pooled patch error), which is what quantization changes; both sessions
 get the same onnxruntime threads as ours.
+
+"Ours" elsewhere in the benchmark runs the precision the shipped model has
+(`shipped_precision` of `models/slider`): the int8 twin made here when that
+is int8 and the project's path made one (`ours_folder`), else the fp32
+folder.
 """
 
 from __future__ import annotations
@@ -35,6 +40,26 @@ if TYPE_CHECKING:
     from service.detector import Detector
 
 STAGES = ("inference", "score")
+PRECISIONS = ("fp32", "int8")
+
+
+def shipped_precision(folder: Path) -> str:
+    """`model.precision` of a model folder's threshold.json; "fp32" when there is none to read."""
+    from service.bundle import Bundle
+
+    try:
+        return Bundle.read(folder).model.precision
+    except (OSError, ValueError):
+        return "fp32"
+
+
+def ours_folder(precision: str, fp32_dir: Path, quantized: dict[str, Any] | None) -> Path:
+    """The folder the benchmark scores and serves as ours: the int8 twin for "int8" when `quantize` made it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision is one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "int8" and quantized is not None and quantized.get("status") == "quantized":
+        return Path(quantized["folder"])
+    return fp32_dir
 
 
 def quantize(model_dir: Path, normal_dir: Path, out: Path) -> dict[str, Any]:
@@ -139,11 +164,15 @@ def measure(
     *,
     intra_op_threads: int,
     warmup: int = 3,
+    quantized: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Quantize `fp32_dir` into `out` and, when the project's path accepts it, compare the two."""
+    """Quantize `fp32_dir` into `out` and, when the project's path accepts it, compare the two.
+
+    `quantized`: the row of an earlier `quantize(fp32_dir, normal_dir, out)`, which is then not run again.
+    """
     from service.detector import Detector
 
-    row = quantize(fp32_dir, normal_dir, out)
+    row = dict(quantized) if quantized is not None else quantize(fp32_dir, normal_dir, out)
     row["intra_op_threads"] = intra_op_threads
     if row["status"] != "quantized":
         return row

@@ -13,6 +13,7 @@ from bench.report_inprocess import (
     floor_section,
     in_process_section,
     in_process_text,
+    ours_precision,
     precision_section,
     ratio,
 )
@@ -226,10 +227,39 @@ the training package's own steps (`read_training_clips`, `split_validation`,
 synthetic slider clips in a temporary folder, for {epochs} epoch(s). The
 in-memory Keras model feeds `model.predict` and the exported folder feeds
 our `Detector`: the same weights on both sides, which the score agreement
-below confirms. The architecture and patching are copied from
+below confirms.{twin} The architecture and patching are copied from
 `{reference}`, so the work per clip is the shipped detector's; a model
 trained for {epochs} epoch(s) detects badly, which does not change its
 speed."""
+
+
+def _precision_why(results: Results) -> str:
+    """Why ours ran the precision it did, and what else ran the fp32 weights."""
+    det = results.detector
+    precision = ours_precision(results)
+    if "precision_wanted" not in det:
+        return "the fp32 folder (this run predates the choice)."
+    wanted, source = det["precision_wanted"], det.get("precision_source", "?")
+    if precision != wanted:
+        return f"{wanted} was wanted ({source}), but {det.get('precision_reason', 'no twin was made')}."
+    what = (
+        "the trained detector's int8 twin (`training.quantize`; the fp32 against int8 section times both)"
+        if precision == "int8"
+        else "the trained detector's own folder"
+    )
+    return (
+        f"the precision {source} gives; {what}, in process, over HTTP, at cold start and in memory. "
+        "The naive pipeline (Keras) and the peer (the exported fp32 `model.onnx`) run the fp32 weights."
+    )
+
+
+def _served(results: Results) -> str:
+    """Which folder the servers served, and the precision they reported for it."""
+    name = results.config.get("model_name", "slider")
+    said = sorted({str(s.settings["precision"]) for s in results.servers if s.settings.get("precision")})
+    return f"`asd-serve` serves ours' {ours_precision(results)} folder as `{name}`" + (
+        f" (its `GET /v1/models/{name}` says precision {' and '.join(said)})." if said else "."
+    )
 
 
 def render(results: Results, *, quick: bool = False) -> str:
@@ -282,8 +312,9 @@ def render(results: Results, *, quick: bool = False) -> str:
         f"DCASE mono PCM_16, 10-11 s; channel 0 scored): {results.clips.get('total')} clips, "
         f"{results.clips.get('audio_seconds')} s of audio, held in memory as file bytes.",
         f"- detector: {det.get('arch')}, patches of {det.get('frames')} frames every {det.get('hop')} "
-        f"({det.get('patches_per_10s')} patches per 10 s clip), ONNX {det.get('onnx_bytes', 0) / 1024:.0f} KiB, "
-        f"mel filters packed in threshold.json: {det.get('packed_mel_filters')}.",
+        f"({det.get('patches_per_10s')} patches per 10 s clip), ONNX {det.get('onnx_bytes', 0) / 1024:.0f} KiB "
+        f"({ours_precision(results)}), mel filters packed in threshold.json: {det.get('packed_mel_filters')}.",
+        f"- ours ran **{ours_precision(results)}**: {_precision_why(results)}",
     ]
     if det.get("trained"):
         arch = det.get("architecture", {})
@@ -291,7 +322,13 @@ def render(results: Results, *, quick: bool = False) -> str:
             f"  Trained here in {sum(det.get('seconds', {}).values()):.0f} s "
             f"({', '.join(f'{k} {v} s' for k, v in det.get('seconds', {}).items())}).",
             "",
-            WHY_MODEL.format(epochs=cfg.get("epochs"), reference=arch.get("source", "training defaults")),
+            WHY_MODEL.format(
+                epochs=cfg.get("epochs"),
+                reference=arch.get("source", "training defaults"),
+                twin=" Ours then scores and serves the int8 twin quantized from that folder."
+                if ours_precision(results) == "int8"
+                else "",
+            ),
         ]
     out.append("")
 
@@ -303,6 +340,8 @@ def render(results: Results, *, quick: bool = False) -> str:
     if results.http:
         out += [
             "## HTTP: `asd-serve` on loopback",
+            "",
+            _served(results),
             "",
             "| workers | ORT threads / scoring slots per worker | concurrency | requests | clips/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms / request | client CPU ms / request | share of the machine's CPU the run got | clips/s that CPU cost allows on all cores | each worker's part of the server CPU |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -326,8 +365,9 @@ def render(results: Results, *, quick: bool = False) -> str:
             "workers' user + system time (/proc/<pid>/stat) and the load generator's own process time,",
             "divided by the requests: what a request costs, whatever else the machine was doing. The share",
             "is (server + client CPU) / (wall time x cores): below 100 % either other jobs on the machine",
-            "had the rest, or workers idled: the last column shows each worker's part of the server CPU (a",
-            "worker that accepts a burst of new connections keeps them all). The column before it is",
+            "had the rest, or workers idled: the last column shows each worker's part of the server CPU (each",
+            "worker listens on a socket of its own, `ASD_REUSE_PORT`, and the kernel spreads new connections",
+            "over them by a hash, not by load; one connection keeps one worker busy). The column before it is",
             "cores x 1000 / (server + client CPU ms per request): the rate those costs allow with the whole",
             "machine to themselves, an upper bound, not a measurement.",
             "",

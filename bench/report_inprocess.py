@@ -18,7 +18,15 @@ CHECKS = {
     "ours_vs_naive_max_rel_diff": "ours' CAE score vs the naive pipeline (librosa features, Keras inference)",
     "ours_vs_peer_max_rel_diff": "ours' CAE score vs the peer (librosa features, onnxruntime defaults)",
     "ours_one_thread_vs_ours_max_rel_diff": "ours on 1 onnxruntime thread vs ours on the default threads",
+    # With an int8 ours: ours' path on the fp32 folder the librosa pipelines' weights come from.
+    "fp32_vs_naive_max_rel_diff": "ours' CAE score on the fp32 folder vs the naive pipeline (librosa features, Keras inference)",
+    "fp32_vs_peer_max_rel_diff": "ours' CAE score on the fp32 folder vs the peer (librosa features, onnxruntime defaults)",
 }
+
+
+def ours_precision(results: Results) -> str:
+    """The precision of the folder ours ran ("fp32" for runs that did not record it: they all ran fp32)."""
+    return str(results.detector.get("precision", "fp32"))
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -54,8 +62,9 @@ def in_process_section(results: Results) -> list[str]:
         out += [
             "## In-process: one process, one clip at a time",
             "",
-            f"{o['n_clips']} clips. Ours: `service.scoring.score_upload` (decode from bytes, log-mel, onnxruntime with",
-            f"{threads} intra-op thread(s), which is what one worker gets on this machine, errors, segments).",
+            f"{o['n_clips']} clips. Ours: `service.scoring.score_upload` on the {ours_precision(results)} folder (decode from",
+            f"bytes, log-mel, onnxruntime with {threads} intra-op thread(s), which is what one worker gets on this",
+            "machine, errors, segments).",
             "Naive: `librosa.load` -> `librosa.feature.melspectrogram` -> `librosa.power_to_db` -> standardise ->",
             "patches -> Keras `model.predict`."
             + (
@@ -138,7 +147,13 @@ def in_process_section(results: Results) -> list[str]:
         out += [
             "",
             "The librosa pipelines compute the mean patch error, which is ours' CAE component (`components.cae`);",
-            "a fused bundle's score adds the envelope scorer to it.",
+            "a fused bundle's score adds the envelope scorer to it."
+            + (
+                " They run the fp32 weights, so they are held against ours' path on the fp32 folder;"
+                " int8 against fp32 is in the next section."
+                if ours_precision(results) != "fp32"
+                else ""
+            ),
             "",
         ]
     return out
@@ -223,10 +238,15 @@ def floor_section(results: Results) -> list[str]:
         f"| {rate['kernel']} | {fmt(rate['best_ms'], 3)} | {fmt(rate['gmacs'], 1)} |" for rate in row["rates"]
     ]
     measured = {
-        "fp32": ("ours' inference (table above)", results.ours and results.ours["stages"]["inference"])
+        precision: (f"{precision} inference (fp32 against int8)", results.int8[precision]["inference"])
+        for precision in ("fp32", "int8")
+        if results.int8.get(precision)
     }
-    if results.int8.get("int8"):
-        measured["int8"] = ("int8 inference (fp32 against int8)", results.int8["int8"]["inference"])
+    if results.ours:
+        measured[ours_precision(results)] = (
+            "ours' inference (table above)",
+            results.ours["stages"]["inference"],
+        )
     out += [
         "",
         "The floor is the multiply-adds at the faster float32 rate (the integer rate for int8): what one core",
@@ -261,7 +281,10 @@ def in_process_text(results: Results) -> list[str]:
     o, n, p = results.ours, results.naive, results.peer
     if not (o and n):
         return []
-    lines = [f"in-process, per clip ({o['n_clips']} clips), ms: median / p95 (CPU median)"]
+    lines = [
+        f"in-process, per clip ({o['n_clips']} clips), ours on the {ours_precision(results)} folder, ms: "
+        "median / p95 (CPU median)"
+    ]
     head = f"{'stage':<10} {'ours':>24} {'naive':>26} {'naive/ours':>11}"
     lines.append(head + (f" {'peer':>26} {'peer/ours':>10}" if p else ""))
     for stage in STAGES:
@@ -282,12 +305,13 @@ def in_process_text(results: Results) -> list[str]:
         lines.append(f"int8: {row.get('status')}: {row.get('reason')}")
     floor = results.floor
     if floor and "error" not in floor:
-        share = floor.get("reached", {}).get("fp32", {})
+        precision = ours_precision(results)
+        share = floor.get("reached", {}).get(precision, {})
         lines.append(
             f"floor: {floor['macs'] / 1e6:.1f} M multiply-adds per clip, fp32 {fmt(floor['floor_ms']['fp32'], 2)} ms "
             f"at {fmt(floor['gmacs']['fp32'], 1)} GMAC/s, int8 {fmt(floor['floor_ms']['int8'], 2)} ms at "
             f"{fmt(floor['gmacs']['int8'], 1)} GMAC/s; ours' inference reaches {_percent(share.get('cpu'))} (CPU) / "
-            f"{_percent(share.get('wall'))} (wall) of the fp32 floor"
+            f"{_percent(share.get('wall'))} (wall) of the {precision} floor"
         )
     elif floor:
         lines.append(f"floor: {floor['error']}")

@@ -8,12 +8,13 @@ Steps (each described in its module):
 
 1. machine description and load average (`bench.machine`);
 2. clips: synthetic 10 s slider clips (`training.synth`) and the real recordings;
-   a detector trained on the synthetic training clips and exported (`bench.detector`);
+   a detector trained on the synthetic training clips and exported (`bench.detector`),
+   and its int8 twin (`training.quantize`) when the shipped model is int8: "ours",
+   in process and over HTTP, is the folder of the shipped model's precision;
 3. in-process, one clip at a time: ours against the naive librosa + Keras
-   pipeline and the peer (librosa + onnxruntime's default session) on the
-   same model and clips (`bench.inprocess`);
-4. fp32 against int8: the detector quantized by `training.quantize` and both
-   timed side by side (`bench.precision`);
+   pipeline and the peer (librosa + onnxruntime's default session on the fp32
+   graph), same weights and clips (`bench.inprocess`);
+4. fp32 against int8: the two folders timed side by side (`bench.precision`);
 5. a floor: the graph's multiply-adds at this machine's one-thread GEMM
    rates (`bench.floor`);
 6. over HTTP: `asd-serve` with 1 and 2 workers, cold start, load at several
@@ -75,7 +76,15 @@ class Config:
     real: bool = True
     training_check: bool = True  # compare with training.evaluate.score_files
     int8: bool = True  # quantize the detector (on the synthetic training clips) and time both
+    # Ours' precision, "fp32" or "int8"; None: the reference model's (bench.precision.shipped_precision).
+    precision: str | None = None
     quick: bool = False  # --quick: the report says so
+
+    def __post_init__(self) -> None:
+        from bench.precision import PRECISIONS
+
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision is one of {', '.join(PRECISIONS)} or None, not {self.precision!r}")
 
     def requests_at(self, concurrency: int) -> int:
         return self.requests.get(concurrency, max(self.requests.values()))
@@ -111,6 +120,7 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     )
 
     started = time.perf_counter()
+    wanted = config.precision or precision.shipped_precision(config.reference_model)
     results = Results(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         machine=machine_info.describe().to_dict(),
@@ -139,7 +149,7 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         workdir / "data",
         ids=config.ids,
         # The int8 twin takes its activation ranges, gate and thresholds from the training clips.
-        n_train=config.train_per_id if need_training or config.int8 else 0,
+        n_train=config.train_per_id if need_training or config.int8 or wanted == "int8" else 0,
         n_test_normal=config.synthetic_normal_per_id,
         n_test_anomaly=config.synthetic_anomaly_per_id,
         seconds=config.synthetic_seconds,
@@ -156,8 +166,9 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         "render_s": round(time.perf_counter() - t, 1),
         "real_channels": sorted({c.channels for c in clips if c.source == "real"}),
     }
-    models_dir = workdir / "models"
-    model_dir = models_dir / config.model_name
+    # The trained (fp32) detector and its int8 twin; ours is one of them (bench.precision.ours_folder).
+    model_dir = workdir / "fp32" / config.model_name
+    int8_dir = workdir / "int8" / config.model_name
     if need_training:
         architecture = reference_architecture(config.reference_model)
         log(f"detector: training on the synthetic clips (architecture from {architecture.source}) ...")
@@ -172,16 +183,37 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         }
     else:
         assert config.detector_dir is not None and config.predict is not None
-        models_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(config.detector_dir, model_dir)
         predict = config.predict
         results.detector = {"trained": False, "source": str(config.detector_dir)}
+
+    quantized = None
+    if config.int8 or wanted == "int8":
+        log("int8: quantizing the detector on the synthetic training clips (training.quantize) ...")
+        quantized = precision.quantize(model_dir, machine_root, int8_dir)
+        if quantized["status"] != "quantized":
+            log(f"  int8 {quantized['status']}: {quantized['reason']}")
+    ours_dir = precision.ours_folder(wanted, model_dir, quantized)
+    models_dir = ours_dir.parent
+    ours_precision = precision.shipped_precision(ours_dir)
+    results.detector.update(
+        folder=str(ours_dir),
+        precision=ours_precision,
+        precision_wanted=wanted,
+        precision_source="the run's configuration"
+        if config.precision
+        else f"{_relative(str(config.reference_model / 'threshold.json'))} (model.precision)",
+    )
+    if ours_precision != wanted and quantized is not None:
+        results.detector["precision_reason"] = f"int8 {quantized['status']}: {quantized.get('reason')}"
+    log(f"ours: the {ours_precision} folder ({wanted} wanted, as {results.detector['precision_source']})")
 
     from service.config import Settings
     from service.detector import Detector
 
     settings_1 = Settings(workers=1, models_dir=models_dir)
-    detector = Detector(model_dir, intra_op_threads=settings_1.intra_op_threads)
+    detector = Detector(ours_dir, intra_op_threads=settings_1.intra_op_threads)
+    fp32 = detector if ours_dir == model_dir else Detector(model_dir, intra_op_threads=1)
     bundle = detector.bundle
     results.detector.update(
         arch=bundle.model.arch,
@@ -192,7 +224,7 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         ),
         packed_mel_filters=bundle.features.mel_filters is not None,
         intra_op_threads_in_process=settings_1.intra_op_threads,
-        onnx_bytes=(model_dir / bundle.model.file).stat().st_size,
+        onnx_bytes=(ours_dir / bundle.model.file).stat().st_size,
     )
 
     # 2. in-process
@@ -202,8 +234,10 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
     )
     recipe = inprocess.NaiveRecipe.from_detector(detector)
     # The same model on one onnxruntime thread (ASD_ORT_THREADS=1), when the default is more.
-    single = Detector(model_dir, intra_op_threads=1) if settings_1.intra_op_threads > 1 else None
-    peer_predict = onnx_default_predict(model_dir / bundle.model.file, input_name=bundle.model.input_name)
+    single = Detector(ours_dir, intra_op_threads=1) if settings_1.intra_op_threads > 1 else None
+    # The peer is defined on the fp32 graph, whatever ours runs; so is the floor's count.
+    fp32_graph = model_dir / fp32.bundle.model.file
+    peer_predict = onnx_default_predict(fp32_graph, input_name=fp32.bundle.model.input_name)
     measured = inprocess.measure_all(
         detector,
         recipe,
@@ -223,7 +257,12 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
                 f"  {pipeline.name}: total median {pipeline.median('total'):.2f} ms, "
                 f"{pipeline.clips_per_second:.1f} clips/s"
             )
-    results.checks.update(inprocess.agreement(measured, inprocess.reference_scores(detector, clips)))
+    # The librosa pipelines run the fp32 weights: with an int8 ours, they are held against ours' path
+    # on the fp32 folder (untimed), and int8 against fp32 is the precision row's difference.
+    fp32_cae = None if fp32 is detector else [inprocess.cae_component(fp32.score_file(c.data)) for c in clips]
+    results.checks.update(
+        inprocess.agreement(measured, inprocess.reference_scores(detector, clips), librosa_reference=fp32_cae)
+    )
     paths = [c.path for c in clips if c.path is not None]
     if config.training_check and len(paths) == len(clips):
         try:
@@ -231,30 +270,31 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
         except ImportError:
             pass
         else:
-            expected = score_files(model_dir, paths)
+            expected = score_files(ours_dir, paths)
             results.checks["ours_vs_training_score_files_max_rel_diff"] = inprocess.relative_difference(
                 ours.scores, expected
             )
-    del detector, single, peer_predict
+    del detector, single, peer_predict, fp32
 
     if config.int8:
-        log("int8: quantizing the detector on the synthetic training clips (training.quantize) ...")
+        log("int8: fp32 against its int8 twin ...")
         results.int8 = precision.measure(
             model_dir,
             machine_root,
-            workdir / "int8" / config.model_name,
+            int8_dir,
             clips,
             intra_op_threads=settings_1.intra_op_threads,
+            quantized=quantized,
         )
         log("  " + precision.summary(results.int8))
     log("floor: multiply-adds of the graph and this machine's one-thread GEMM rates ...")
+    # Each precision's measured inference: ours' for its own, the fp32-against-int8 row's for the other.
+    inference = {p: results.int8.get(p, {}).get("inference") for p in precision.PRECISIONS}
+    inference[ours_precision] = results.ours["stages"]["inference"]
     results.floor = floor.measure(
-        model_dir / bundle.model.file,
+        fp32_graph,
         batch=results.detector["patches_per_10s"],
-        inference={
-            "fp32": results.ours["stages"]["inference"],
-            "int8": results.int8.get("int8", {}).get("inference"),
-        },
+        inference=inference,
     )
     log("  " + floor.summary(results.floor))
 
@@ -287,6 +327,7 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
             row.cold_start_s.append(server.cold_start_s)
             row.all_ready_s.append(server.all_ready_s)
             row.phases.append(server.phases())
+            row.settings["precision"] = server.model_precision(config.model_name)
             log(f"  ready after {server.cold_start_s:.2f} s (all workers {server.all_ready_s:.2f} s)")
             if attempt < config.cold_starts - 1:
                 server.stop()
@@ -334,7 +375,8 @@ def run(config: Config, *, workdir: Path, log: Callable[[str], None] = _log) -> 
             )
         results.servers.append(row)
         results.commands.append(
-            f"ASD_HOST=127.0.0.1 ASD_PORT=<free port> ASD_WORKERS={workers} ASD_MODELS_DIR=<workdir>/models "
+            f"ASD_HOST=127.0.0.1 ASD_PORT=<free port> ASD_WORKERS={workers} "
+            f"ASD_MODELS_DIR=<workdir>/{models_dir.name} "
             + " ".join(_relative(part) for part in load.asd_serve_command())
         )
 

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("ASD_HOST", "HOST"))
     port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("ASD_PORT", "PORT"))
     workers: PositiveInt = Field(1, description="uvicorn worker processes.")
+    reuse_port: bool = Field(
+        True,
+        description=(
+            "With several workers on Linux, each listens on its own SO_REUSEPORT socket and the kernel "
+            "spreads new connections over them; false: one socket shared by all workers, as uvicorn does."
+        ),
+    )
     machines: str = Field(
         "",
         description=(

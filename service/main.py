@@ -178,7 +178,7 @@ async def _watch_for_reloads(
 
 
 def run() -> None:
-    """`asd-serve`: uvicorn on HOST:PORT with ASD_WORKERS workers, JSON logs."""
+    """`asd-serve`: uvicorn on HOST:PORT with ASD_WORKERS workers (a socket each on Linux), JSON logs."""
     try:
         settings = Settings()
     except ValidationError as error:
@@ -188,7 +188,12 @@ def run() -> None:
         _share_reload_signal()
     import uvicorn  # only the entry point needs it; tests build the app without it
 
-    uvicorn.run(
+    from service import sockets
+
+    # Several workers on one shared socket do not share a burst of new connections: see service.sockets.
+    spread = settings.workers > 1 and settings.reuse_port and sockets.supported()
+    serve = sockets.serve if spread else uvicorn.run
+    serve(
         "service.main:create_app",
         factory=True,  # every worker builds its own app (and onnxruntime sessions) from the env
         host=settings.host,

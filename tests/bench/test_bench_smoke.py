@@ -5,51 +5,93 @@ tables must have their shape, and our scores must be `Detector.score_file`'s. Tr
 ONNX "autoencoder" stands in for the trained detector and `x * factor` for
 Keras' `predict`, so the naive librosa path still runs; the peer runs that
 graph in onnxruntime's default session, and its int8 twin is quantized on
-ten synthetic training clips.
+ten synthetic training clips. Ours is that twin, as `models/slider` ships
+int8; a second, smaller run (no HTTP) sets ours to fp32.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.precision import shipped_precision
 from bench.report import render, targets, text_table
 from bench.run import Config, run
 from tests.bench.test_report_rows import assert_tables_rectangular
 from tests.training.tiny_detector import make_detector
 
 FACTOR = 0.5
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _finite_positive(value: float) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
+def _config(root: Path, **changes) -> Config:
+    tiny = make_detector(root / "tiny" / "slider", factor=FACTOR, threshold=1.0, machine_ids=("00",))
+    settings = {
+        "ids": ("00",),
+        "synthetic_normal_per_id": 3,
+        "synthetic_anomaly_per_id": 2,
+        "synthetic_seconds": 3.0,
+        "train_per_id": 10,  # the fewest the int8 twin's thresholds are refitted on
+        "real": False,
+        "workers": (1,),
+        "concurrency": (2,),
+        "requests": {2: 8},
+        "rss_after_requests": 12,
+        "cold_starts": 1,
+        "warmup_requests": 2,
+        "detector_dir": tiny,
+        "predict": lambda batch: batch * np.float32(FACTOR),
+        "training_check": False,
+    }
+    return Config(**{**settings, **changes})
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("bench")
-    config = Config(
-        ids=("00",),
-        synthetic_normal_per_id=3,
-        synthetic_anomaly_per_id=2,
-        synthetic_seconds=3.0,
-        train_per_id=10,  # the fewest the int8 twin's thresholds are refitted on
-        real=False,
-        workers=(1,),
-        concurrency=(2,),
-        requests={2: 8},
-        rss_after_requests=12,
-        cold_starts=1,
-        warmup_requests=2,
-        detector_dir=make_detector(
-            root / "tiny" / "slider", factor=FACTOR, threshold=1.0, machine_ids=("00",)
-        ),
-        predict=lambda batch: batch * np.float32(FACTOR),
-        training_check=False,
-    )
+    return run(_config(root), workdir=root / "work", log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def smoke_fp32(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("bench-fp32")
+    config = _config(root, precision="fp32", int8=False, workers=())
     return run(config, workdir=root / "work", log=lambda _: None)
+
+
+def test_ours_runs_the_precision_models_slider_ships(smoke):
+    assert shipped_precision(REPO / "models" / "slider") == "int8"  # what this test is about
+    assert smoke.detector["precision"] == smoke.detector["precision_wanted"] == "int8"
+    assert smoke.detector["precision_source"] == "models/slider/threshold.json (model.precision)"
+    ours = Path(smoke.detector["folder"])
+    assert ours.name == "slider" and shipped_precision(ours) == "int8"
+    # The server served that folder: its own GET /v1/models/slider says int8.
+    assert [server.settings["precision"] for server in smoke.servers] == ["int8"]
+    markdown = render(smoke)
+    assert (
+        "- ours ran **int8**: the precision models/slider/threshold.json (model.precision) gives;" in markdown
+    )
+    assert "`asd-serve` serves ours' int8 folder as `slider`" in markdown
+    assert "says precision int8" in markdown and "score_upload` on the int8 folder" in markdown
+
+
+def test_ours_runs_fp32_when_told_and_then_is_the_trained_folder(smoke_fp32):
+    assert smoke_fp32.detector["precision"] == "fp32"
+    assert smoke_fp32.detector["precision_source"] == "the run's configuration"
+    ours = Path(smoke_fp32.detector["folder"])
+    assert ours.parent.name == "fp32" and shipped_precision(ours) == "fp32"
+    assert not smoke_fp32.int8 and not smoke_fp32.servers
+    # Ours runs the librosa pipelines' weights: the checks hold them against ours itself.
+    assert smoke_fp32.checks["ours_vs_naive_max_rel_diff"] < 1e-3
+    assert smoke_fp32.checks["ours_vs_peer_max_rel_diff"] < 1e-3
+    assert "- ours ran **fp32**" in render(smoke_fp32)
 
 
 def test_in_process_numbers_exist_and_scores_are_the_detectors(smoke):
@@ -67,9 +109,11 @@ def test_in_process_numbers_exist_and_scores_are_the_detectors(smoke):
     # Ours is the deployed path: exactly read_audio + Detector.score.
     assert smoke.checks["ours_vs_detector_max_rel_diff"] == 0.0
     assert smoke.checks.get("ours_one_thread_vs_ours_max_rel_diff", 0.0) == 0.0
-    # The naive path and the peer compute the same thing with librosa's features.
-    assert smoke.checks["ours_vs_naive_max_rel_diff"] < 1e-3
-    assert smoke.checks["ours_vs_peer_max_rel_diff"] < 1e-3
+    # The naive path and the peer compute the same thing with librosa's features, on the fp32
+    # weights: held against ours' path on the fp32 folder, as ours is the int8 twin.
+    assert smoke.checks["fp32_vs_naive_max_rel_diff"] < 1e-3
+    assert smoke.checks["fp32_vs_peer_max_rel_diff"] < 1e-3
+    assert "ours_vs_naive_max_rel_diff" not in smoke.checks
 
 
 def test_peer_int8_and_floor_rows_are_measured(smoke):

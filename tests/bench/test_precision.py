@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from bench.detector import make_synthetic_data, read_clips
-from bench.precision import compare, measure, quantize
+from bench.precision import compare, measure, ours_folder, quantize, shipped_precision
+from bench.run import Config
 from service.detector import Detector
 from tests.training.tiny_detector import make_detector
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +81,44 @@ def test_missing_training_code_is_a_sentence(tmp_path, data, monkeypatch):
     row = quantize(_detector(tmp_path), data, tmp_path / "int8" / "slider")
     assert row["status"] == "unavailable"
     assert row["reason"].startswith("training.quantize cannot be imported")
+
+
+# --- which folder is "ours" ------------------------------------------------------------------
+
+
+def test_the_precision_a_model_folder_ships(tmp_path, data):
+    fp32 = _detector(tmp_path)
+    assert shipped_precision(fp32) == "fp32"
+    assert quantize(fp32, data, tmp_path / "int8" / "slider")["status"] == "quantized"
+    assert shipped_precision(tmp_path / "int8" / "slider") == "int8"
+    assert shipped_precision(tmp_path / "nowhere") == "fp32"  # as reference_architecture: the defaults
+    # The benchmark stands in for models/slider: whatever its threshold.json says.
+    shipped = json.loads((REPO / "models" / "slider" / "threshold.json").read_text())["model"]
+    assert shipped_precision(REPO / "models" / "slider") == shipped.get("precision", "fp32")
+
+
+def test_ours_is_the_int8_twin_when_int8_is_wanted_and_was_made(tmp_path):
+    fp32, int8 = tmp_path / "fp32" / "slider", tmp_path / "int8" / "slider"
+    made = {"status": "quantized", "folder": str(int8)}
+    assert ours_folder("int8", fp32, made) == int8
+    assert ours_folder("fp32", fp32, made) == fp32  # the twin is then only the comparison's
+    # No twin: ours stays fp32, and bench.run reports why (the refusal's reason).
+    assert ours_folder("int8", fp32, {"status": "refused", "reason": "gate"}) == fp32
+    assert ours_folder("int8", fp32, None) == fp32
+    with pytest.raises(ValueError, match="precision is one of fp32, int8, not 'fp16'"):
+        ours_folder("fp16", fp32, made)
+
+
+def test_a_bench_precision_other_than_fp32_or_int8_is_refused():
+    assert Config().precision is None  # the shipped model's
+    with pytest.raises(ValueError, match="precision is one of fp32, int8 or None, not 'int4'"):
+        Config(precision="int4")
+
+
+def test_the_comparison_reuses_a_twin_made_before(tmp_path, data, monkeypatch):
+    fp32, out = _detector(tmp_path), tmp_path / "int8" / "slider"
+    made = quantize(fp32, data, out)
+    monkeypatch.setattr("bench.precision.quantize", lambda *_: pytest.fail("quantized twice"))
+    clips = read_clips(sorted((data / "test").glob("*.wav")), source="synthetic")
+    row = measure(fp32, data, out, clips, intra_op_threads=1, warmup=0, quantized=made)
+    assert row["status"] == "quantized" and row["n_clips"] == 3 and row["parity"] == made["parity"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,17 +60,26 @@ def test_empty_api_key_means_none(monkeypatch):
     assert Settings().api_key is None
 
 
-def test_run_starts_uvicorn_with_the_settings(monkeypatch):
+def _record_serving(monkeypatch) -> list:
+    """What run() hands to uvicorn.run or to service.sockets.serve (the same arguments), by which."""
     calls = []
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: calls.append((args, kwargs)))
-    monkeypatch.setenv("HOST", "127.0.0.2")
-    monkeypatch.setenv("PORT", "8123")
-    monkeypatch.setenv("ASD_WORKERS", "3")
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: calls.append(("uvicorn.run", args, kwargs)))
+    monkeypatch.setattr("service.sockets.serve", lambda *a, **kw: calls.append(("sockets.serve", a, kw)))
     # Empty counts as unset for run(); setenv makes monkeypatch remove what run() sets.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
     monkeypatch.setenv("ASD_RELOAD_SIGNAL", "")
+    return calls
+
+
+def test_run_starts_uvicorn_with_the_settings(monkeypatch):
+    calls = _record_serving(monkeypatch)
+    monkeypatch.setenv("HOST", "127.0.0.2")
+    monkeypatch.setenv("PORT", "8123")
+    monkeypatch.setenv("ASD_WORKERS", "3")
     service.main.run()
-    ((args, kwargs),) = calls
+    ((how, args, kwargs),) = calls
+    # Several workers on Linux: a listening socket each (service.sockets), else uvicorn's shared one.
+    assert how == ("sockets.serve" if sys.platform == "linux" else "uvicorn.run")
     assert args == ("service.main:create_app",) and kwargs["factory"] is True
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("127.0.0.2", 8123, 3)
     assert kwargs["access_log"] is False and kwargs["log_config"]["root"]["level"] == "INFO"
@@ -78,6 +88,20 @@ def test_run_starts_uvicorn_with_the_settings(monkeypatch):
     assert Path(folder).is_dir() and not any(Path(folder).iterdir())
     # ... and one file that tells them all to reload (service.reload).
     assert Path(os.environ["ASD_RELOAD_SIGNAL"]).parent.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("workers", "reuse_port", "how"),
+    [("1", "true", "uvicorn.run"), ("2", "false", "uvicorn.run"), ("2", "true", "sockets.serve")],
+)
+def test_one_worker_or_asd_reuse_port_false_is_uvicorns_own_socket(monkeypatch, workers, reuse_port, how):
+    calls = _record_serving(monkeypatch)
+    monkeypatch.setattr("service.sockets.supported", lambda: True)
+    monkeypatch.setenv("ASD_WORKERS", workers)
+    monkeypatch.setenv("ASD_REUSE_PORT", reuse_port)
+    service.main.run()
+    ((called, _, kwargs),) = calls
+    assert called == how and kwargs["workers"] == int(workers)
 
 
 def test_run_refuses_a_bad_configuration(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ def test_asd_serve_with_two_workers(models_dir, real_recordings, tmp_path):
         assert second.json()["score"] == body["score"]  # either worker, same model, same answer
         assert first.headers["x-request-id"]
         assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
+        burst = asyncio.run(_burst_of_connections(base, 32))
 
         # Multiprocess metrics: whichever worker answers shows both requests.
         for _ in range(3):
@@ -63,3 +65,17 @@ def test_asd_serve_with_two_workers(models_dir, real_recordings, tmp_path):
         if r["status"] == 200
     )
     assert any(line.get("message") == "models loaded" for line in lines)
+    # A burst of new connections is spread over both workers (a socket each, service.sockets),
+    # not all accepted by whichever worker woke first.
+    served_by = {line["request_id"]: line["pid"] for line in lines if line.get("request_id") in burst}
+    assert len(served_by) == 32 and len(set(served_by.values())) == 2, served_by
+
+
+async def _burst_of_connections(base: str, n: int) -> set[str]:
+    """`n` requests at once, each on a connection of its own; their request ids."""
+    ids = [f"burst-{i}" for i in range(n)]
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        answers = await asyncio.gather(*(client.get("/health", headers={"X-Request-ID": i}) for i in ids))
+    assert [a.status_code for a in answers] == [200] * n
+    return set(ids)
