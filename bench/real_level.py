@@ -46,6 +46,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "dense": ("--arch", "dense"),
     "cae-env": ("--scorer", "cae+envelope"),
     "cae-env-max": ("--scorer", "cae+envelope", "--fusion", "max"),
+    "cae-env-spec-max": ("--scorer", "cae+envelope+spectrum", "--fusion", "max"),
 }
 TARGET_AUC = 0.9
 

@@ -21,6 +21,7 @@ __all__ = [
     "ScoresFrom",
     "Scoring",
     "ScoringEntry",
+    "SpectrumBands",
     "Standardisation",
 ]
 
@@ -34,7 +35,9 @@ class _Strict(BaseModel):
 
 Pooling = Literal["mean", "max", "topk", "gwrp"]
 Fusion = Literal["mean", "max"]  # service.scorers.FUSIONS
-ScorerName = Literal["cae", "envelope"]
+ScorerName = Literal["cae", "envelope", "spectrum"]
+# The scorer lists a bundle may name, in this order.
+SCORER_SETS: tuple[list[str], ...] = (["cae"], ["cae", "envelope"], ["cae", "envelope", "spectrum"])
 
 
 class EnvelopeModel(_Strict):
@@ -86,10 +89,33 @@ def _cae_only() -> list[ScorerName]:
     return ["cae"]
 
 
+class SpectrumBands(_Strict):
+    """The spectrum scorer's input: a clip's long-term spectrum (`service.features.long_term_spectrum`)
+    averaged in dB over bands of FFT bins."""
+
+    n_fft: int = Field(ge=256, le=65536, description="Frame length in samples (bins n_fft / sr Hz apart).")
+    hop: int = Field(ge=1, description="Samples between frames.")
+    bin_edges: list[int] = Field(
+        description="FFT-bin boundaries of the bands, increasing, at most 1 + n_fft // 2."
+    )
+
+    @model_validator(mode="after")
+    def _edges(self) -> SpectrumBands:
+        edges = np.asarray(self.bin_edges)
+        if edges.size < 2 or edges[0] < 0 or np.any(np.diff(edges) <= 0) or edges[-1] > 1 + self.n_fft // 2:
+            raise ValueError(f"spectrum bin_edges must increase strictly within 0 ... {1 + self.n_fft // 2}")
+        if self.hop > self.n_fft:
+            raise ValueError(f"spectrum hop {self.hop} is longer than its frame ({self.n_fft})")
+        return self
+
+
 class ScoringEntry(_Strict):
     """What scores the clips of one machine ID, or of any ID (the model-wide entry)."""
 
     envelope: EnvelopeModel
+    spectrum: EnvelopeModel | None = Field(
+        None, description="The spectrum scorer's Gaussian on the bands of `Scoring.spectrum` (dB)."
+    )
     standardisation: dict[ScorerName, Standardisation] = Field(
         description="Per scorer: the mean and std of its scores on held-out normal clips of this ID."
     )
@@ -98,10 +124,10 @@ class ScoringEntry(_Strict):
 class Scoring(_Strict):
     """How patch errors and other scorers become the clip score; absent: the CAE's mean patch error.
 
-    With `scorers` ["cae", "envelope"] the score is
+    With `scorers` ["cae", "envelope"] (and "spectrum") the score is
     `offset + fusion_j max((s_j - mean_j) / std_j, -offset)` over the CAE's
-    pooled error and the envelope's Mahalanobis distance, `fusion` the mean
-    or the max over the two, with the machine ID's entry (`per_id`) when the
+    pooled error, the envelope's Mahalanobis distance (and the spectrum's),
+    `fusion` the mean or the max over them, with the machine ID's entry (`per_id`) when the
     request names an ID that has one, else the model-wide entry
     (`service.scorers`). Folders written before `fusion` existed use the mean.
     """
@@ -113,6 +139,9 @@ class Scoring(_Strict):
     scorers: list[ScorerName] = Field(default_factory=_cae_only)
     band_edges: list[int] | None = Field(
         None, description="Mel-bin boundaries of the envelope's coarse bands, 0 ... n_mels."
+    )
+    spectrum: SpectrumBands | None = Field(
+        None, description="The spectrum scorer's bands; with that scorer only."
     )
     offset: float | None = Field(None, gt=0, description="Keeps fused scores positive (see above).")
     fusion: Fusion = Field(
@@ -140,8 +169,11 @@ class Scoring(_Strict):
     def _consistent(self) -> Scoring:
         if check_pooling(self.pooling, self.pooling_param) != self.pooling_param:
             raise ValueError(f"pooling {self.pooling} needs its parameter stated (pooling_param)")
-        if self.scorers not in (["cae"], ["cae", "envelope"]):
-            raise ValueError(f'scorers must be ["cae"] or ["cae", "envelope"], got {self.scorers}')
+        if self.scorers not in SCORER_SETS:
+            raise ValueError(f"scorers must be one of {', '.join(map(str, SCORER_SETS))}, got {self.scorers}")
+        spectral = "spectrum" in self.scorers
+        if (self.spectrum is not None) != spectral:
+            raise ValueError("the spectrum section belongs with the spectrum scorer, and it needs one")
         parts = (self.band_edges, self.offset, self.standardised_from, self.model_wide, self.per_id)
         if not self.fused:
             if self.fusion != "mean":
@@ -163,6 +195,17 @@ class Scoring(_Strict):
                     f"scoring entry {name}: {len(entry.envelope.mean)} envelope bands, "
                     f"band_edges give {edges.size - 1}"
                 )
+            if spectral != (entry.spectrum is not None):
+                raise ValueError(
+                    f"scoring entry {name}: a spectrum model exactly when the spectrum scorer is on"
+                )
+            if self.spectrum is not None and entry.spectrum is not None:
+                n_bands = len(self.spectrum.bin_edges) - 1
+                if len(entry.spectrum.mean) != n_bands:
+                    raise ValueError(
+                        f"scoring entry {name}: {len(entry.spectrum.mean)} spectrum bands, "
+                        f"bin_edges give {n_bands}"
+                    )
             if sorted(entry.standardisation) != sorted(self.scorers):
                 raise ValueError(
                     f"scoring entry {name}: standardisation of {sorted(entry.standardisation)}, "

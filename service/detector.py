@@ -31,6 +31,7 @@ from service.features import (
     MelProjection,
     band_centres_hz,
     log_mel_projected,
+    long_term_spectrum,
     mel_filterbank,
     warm_up,
 )
@@ -66,7 +67,9 @@ class Score:
     and frame, shape (n_mels,); its mean is the mean patch error (`score`
     under the default scoring). `band_db` is the clip's mean log-mel level
     per mel bin in dB before standardisation, shape (n_mels,), for the input
-    checks (`service.inputcheck`) and the envelope scorer.
+    checks (`service.inputcheck`) and the envelope scorer. `spectrum_db`, with
+    the spectrum scorer only, is the clip's long-term spectrum in dB, shape
+    (1 + n_fft // 2,) of `Scoring.spectrum`.
 
     A bundle with a `scoring` section (`service.bundle_scoring.Scoring`) pools the
     patch errors otherwise and may fuse scorers: then `patch_scores`, shape
@@ -88,6 +91,7 @@ class Score:
     patch_end: np.ndarray
     bin_errors: np.ndarray | None = None
     band_db: np.ndarray | None = None
+    spectrum_db: np.ndarray | None = None
     patch_scores: np.ndarray | None = None
     components: dict[str, float] | None = None
     scoring_id: str | None = None
@@ -117,12 +121,22 @@ class _Entry:
     mean: np.ndarray
     precision: np.ndarray
     stats: dict[str, tuple[float, float]]
+    spectrum: tuple[np.ndarray, np.ndarray] | None  # the spectrum Gaussian's mean and precision
 
 
 class Detector:
     """One exported model folder, checked and ready to score waveforms and audio files."""
 
-    def __init__(self, folder: Path, *, intra_op_threads: int = 1, verify_hash: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        intra_op_threads: int = 1,
+        verify_hash: bool = True,
+        spectrum: tuple[int, int] | None = None,
+    ) -> None:
+        """`spectrum` (n_fft, hop) keeps each clip's long-term spectrum (`Score.spectrum_db`) even
+        when the bundle has no spectrum scorer: training scores its fold models so."""
         self.folder = Path(folder)
         self.name = self.folder.name
         try:
@@ -183,6 +197,8 @@ class Detector:
         self._inv_std = (1.0 / np.asarray(self.bundle.normalization.std, dtype=np.float32))[:, None]
         self.scoring: Scoring | None = self.bundle.scoring
         self._entries = _entries(self.scoring)
+        own = self.scoring.spectrum if self.scoring is not None else None
+        self._spectrum_frames = (own.n_fft, own.hop) if own is not None else spectrum
         self._check_graph()
         warm_up(self.params)
 
@@ -300,8 +316,10 @@ class Detector:
             need = self.min_samples / self.params.sample_rate
             have = samples.size / self.params.sample_rate
             raise ClipTooShortError(f"audio is {have:.3f} s long; this model needs at least {need:.3f} s")
-        spec = self.log_mel(samples)
+        spec = self.log_mel(samples)  # refuses non-finite samples before the spectrum sees them
         band_db = spec.mean(axis=1, dtype=np.float64)
+        frames = self._spectrum_frames
+        spectrum_db = None if frames is None else long_term_spectrum(samples, n_fft=frames[0], hop=frames[1])
         # standardise works in place: the map keeps the dB values.
         spec_db = spec.copy() if error_map else None
         batch, starts = self.model_inputs(self.standardise(spec))
@@ -327,10 +345,11 @@ class Detector:
                 patch_end=end,
                 bin_errors=bins,
                 band_db=band_db,
+                spectrum_db=spectrum_db,
                 error_map=frame_errors,
                 log_mel=spec_db,
             )
-        combined = self.combine(errors, band_db, machine_id=machine_id)
+        combined = self.combine(errors, band_db, machine_id=machine_id, spectrum_db=spectrum_db)
         return Score(
             score=combined.score,
             patch_errors=errors,
@@ -338,6 +357,7 @@ class Detector:
             patch_end=end,
             bin_errors=bins,
             band_db=band_db,
+            spectrum_db=spectrum_db,
             patch_scores=combined.patch_scores,
             components=combined.components,
             scoring_id=combined.scoring_id,
@@ -393,13 +413,19 @@ class Detector:
             raise type(error)(f"{os.fspath(source)}: {reason}") from None
 
     def combine(
-        self, patch_errors: np.ndarray, band_db: np.ndarray, *, machine_id: str | None = None
+        self,
+        patch_errors: np.ndarray,
+        band_db: np.ndarray,
+        *,
+        machine_id: str | None = None,
+        spectrum_db: np.ndarray | None = None,
     ) -> Combined:
         """The clip score from patch errors (n_patches,) and mean level per mel bin (n_mels,) in dB.
 
         What `score` does after the graph, also for training: it rescores a
         calibration clip for the model-wide entry without running the graph
-        again. `machine_id` as in `score`.
+        again. `machine_id` as in `score`; `spectrum_db` (`Score.spectrum_db`)
+        is needed when the bundle has the spectrum scorer.
         """
         scoring = self.scoring
         if scoring is None:
@@ -412,22 +438,36 @@ class Detector:
         assert scoring.band_edges is not None and scoring.offset is not None
         used, _ = scoring.entry_for(machine_id)
         entry = self._entries[used]
-        distance = float(
-            mahalanobis(coarse_bands(band_db, scoring.band_edges), mean=entry.mean, precision=entry.precision)
-        )
-        cae_mean, cae_std = entry.stats["cae"]
-        env_mean, env_std = entry.stats["envelope"]
-        z_env = (distance - env_mean) / env_std
+        components = {
+            "cae": pooled,
+            "envelope": float(
+                mahalanobis(
+                    coarse_bands(band_db, scoring.band_edges), mean=entry.mean, precision=entry.precision
+                )
+            ),
+        }
+        if scoring.spectrum is not None:
+            if spectrum_db is None or entry.spectrum is None:
+                raise ValueError(
+                    "this detector's spectrum scorer needs the clip's spectrum (Score.spectrum_db)"
+                )
+            mean, precision = entry.spectrum
+            bands = coarse_bands(spectrum_db, scoring.spectrum.bin_edges)
+            components["spectrum"] = float(mahalanobis(bands, mean=mean, precision=precision))
+        z_clip = [
+            (components[name] - entry.stats[name][0]) / entry.stats[name][1] for name in scoring.scorers
+        ]
         rule = scoring.fusion
-        score = fuse([(pooled - cae_mean) / cae_std, z_env], offset=scoring.offset, rule=rule)
+        score = fuse(z_clip, offset=scoring.offset, rule=rule)
         # Pooling is a weighted mean of sorted errors, so under the mean rule patch scores pooled give
         # `score` (floors aside); under max they give at least it (service.scorers).
+        cae_mean, cae_std = entry.stats["cae"]
         errors = np.asarray(patch_errors, dtype=np.float64)
-        patch_scores = fuse([(errors - cae_mean) / cae_std, z_env], offset=scoring.offset, rule=rule)
+        patch_scores = fuse([(errors - cae_mean) / cae_std, *z_clip[1:]], offset=scoring.offset, rule=rule)
         return Combined(
             score=float(score),
             patch_scores=np.asarray(patch_scores),
-            components={"cae": pooled, "envelope": distance},
+            components=components,
             scoring_id=used,
         )
 
@@ -459,6 +499,12 @@ def _entries(scoring: Scoring | None) -> dict[str | None, _Entry]:
             mean=np.asarray(entry.envelope.mean, dtype=np.float64),
             precision=np.ascontiguousarray(entry.envelope.precision, dtype=np.float64),
             stats={name: (s.mean, s.std) for name, s in entry.standardisation.items()},
+            spectrum=None
+            if entry.spectrum is None
+            else (
+                np.asarray(entry.spectrum.mean, dtype=np.float64),
+                np.ascontiguousarray(entry.spectrum.precision, dtype=np.float64),
+            ),
         )
         for key, entry in found
         if entry is not None

@@ -48,6 +48,7 @@ __all__ = [
     "band_centres_hz",
     "log_mel",
     "log_mel_projected",
+    "long_term_spectrum",
     "mel_filterbank",
     "pack_filters",
     "unpack_filters",
@@ -377,3 +378,31 @@ def log_mel_projected(y: np.ndarray, params: FeatureParams, projection: MelProje
     np.log10(mel.T, out=spec)  # the transpose to (bands, frames) rides on the log's pass
     spec *= 10.0
     return spec
+
+
+def long_term_spectrum(y: np.ndarray, *, n_fft: int, hop: int, amin: float = 1e-10) -> np.ndarray:
+    """The clip's mean power spectrum in dB, shape (1 + n_fft // 2,), float64.
+
+    Periodic-Hann frames of `n_fft` samples every `hop`, without padding (a
+    clip shorter than one frame is zero-padded to it), |rfft|² averaged over
+    the frames, then `10 * log10(max(p, amin))`. With n_fft 4096 at 16 kHz the
+    bins are 3.9 Hz apart: the tones of a rotating machine and their shifts,
+    which the 15.6-Hz STFT of the log-mel smears (the spectrum scorer,
+    `service.scorers`). The caller checks that `y` is finite (log-mel does).
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1 or y.size == 0:
+        raise FeatureError(f"expected a non-empty mono signal of shape (n,), got shape {y.shape}")
+    if y.size < n_fft:
+        y = np.concatenate([y, np.zeros(n_fft - y.size, dtype=np.float32)])
+    n_frames = 1 + (y.size - n_fft) // hop
+    frames = np.lib.stride_tricks.as_strided(
+        y, shape=(n_frames, n_fft), strides=(y.strides[0] * hop, y.strides[0]), writeable=False
+    )
+    window = _window(n_fft)
+    total = np.zeros(1 + n_fft // 2, dtype=np.float64)
+    # Blocks of frames keep the float64 temporaries small whatever the clip's length.
+    for start in range(0, n_frames, 16):
+        spectrum = np.fft.rfft(frames[start : start + 16] * window, axis=1)
+        total += (spectrum.real**2 + spectrum.imag**2).sum(axis=0)
+    return 10.0 * np.log10(np.maximum(total / n_frames, amin))

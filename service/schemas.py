@@ -18,12 +18,14 @@ from service.bundle import (
     Training,
 )
 from service.bundle_scoring import (
+    EnvelopeModel,
     Fusion,
     Pooling,
     ScorerName,
     ScoresFrom,
     Scoring,
     ScoringEntry,
+    SpectrumBands,
     Standardisation,
 )
 from service.features import FeatureParams
@@ -110,6 +112,9 @@ class EnvelopeInfo(BaseModel):
 
 class ScoringEntryInfo(BaseModel):
     envelope: EnvelopeInfo
+    spectrum: EnvelopeInfo | None = Field(
+        None, description="The spectrum scorer's Gaussian, with that scorer."
+    )
     standardisation: dict[ScorerName, Standardisation]
 
 
@@ -120,6 +125,7 @@ class ScoringInfo(BaseModel):
     pooling_param: float | None
     scorers: list[ScorerName]
     band_edges: list[int] | None
+    spectrum: SpectrumBands | None = Field(None, description="The spectrum scorer's frames and bands.")
     offset: float | None
     fusion: Fusion = Field(description="How the scorers' z-scores combine: their mean, or the larger (max).")
     standardised_from: ScoresFrom | None
@@ -128,11 +134,15 @@ class ScoringInfo(BaseModel):
 
     @classmethod
     def of(cls, scoring: Scoring) -> ScoringInfo:
+        def gaussian(model: EnvelopeModel) -> EnvelopeInfo:
+            return EnvelopeInfo(n_bands=len(model.mean), shrinkage=model.shrinkage, n_clips=model.n_clips)
+
         def entry(e: ScoringEntry) -> ScoringEntryInfo:
-            envelope = EnvelopeInfo(
-                n_bands=len(e.envelope.mean), shrinkage=e.envelope.shrinkage, n_clips=e.envelope.n_clips
+            return ScoringEntryInfo(
+                envelope=gaussian(e.envelope),
+                spectrum=None if e.spectrum is None else gaussian(e.spectrum),
+                standardisation=e.standardisation,
             )
-            return ScoringEntryInfo(envelope=envelope, standardisation=e.standardisation)
 
         fields = scoring.model_dump(exclude={"model_wide", "per_id"})
         per_id = None if scoring.per_id is None else {k: entry(v) for k, v in scoring.per_id.items()}

@@ -33,6 +33,15 @@ are few and small when they are many. A scaled identity is a natural target
 here because every band shares one unit, dB. Coarse bands keep the stored
 precision matrix at 32 x 32 numbers per ID; the CAE sees the fine structure.
 
+The spectrum scorer is the same Gaussian on another view of the clip: its
+long-term power spectrum at a fine frequency resolution
+(`service.features.long_term_spectrum`, 4096-sample frames: 3.9 Hz bins at
+16 kHz) in dB, averaged into log-spaced bands of FFT bins (`spectrum_edges`:
+single bins up to about 100 Hz, wider above). The log-mel's 15.6-Hz STFT and
+triangular filters smear the tones of a rotating machine (shaft and
+blade-pass harmonics, a speed change moving them by a few hertz); this
+view keeps them.
+
 Fusion standardises each scorer's raw score per ID with the mean and std of
 that scorer's scores on held-out normal clips and combines the z-scores by a
 rule (`FUSIONS`):
@@ -70,6 +79,11 @@ ENVELOPE_BANDS = 32
 MIN_VARIANCE_DB2 = 1e-4
 MIN_ENVELOPE_CLIPS = 2
 FUSION_OFFSET = 5.0
+# The spectrum scorer's defaults: 4096-sample frames (3.9 Hz bins at 16 kHz), half overlapping,
+# averaged into log-spaced bands from bin 2, so that the bands stay single bins at low frequencies.
+SPECTRUM_N_FFT = 4096
+SPECTRUM_HOP = 2048
+SPECTRUM_BANDS = 128
 FUSIONS = ("mean", "max")
 
 
@@ -126,10 +140,22 @@ def band_edges(*, n_mels: int, n_bands: int = ENVELOPE_BANDS) -> list[int]:
     return [int(e) for e in np.round(np.linspace(0, n_mels, n + 1))]
 
 
+def spectrum_edges(
+    *, n_fft: int = SPECTRUM_N_FFT, n_bands: int = SPECTRUM_BANDS, first: int = 2
+) -> list[int]:
+    """FFT-bin boundaries of log-spaced bands from bin `first` to the last (1 + n_fft // 2), increasing.
+
+    Spacing below one bin collapses, so there are at most `n_bands` bands.
+    """
+    n_bins = 1 + n_fft // 2
+    edges = np.unique(np.round(np.geomspace(first, n_bins, n_bands + 1)).astype(np.int64))
+    return [int(e) for e in edges]
+
+
 def coarse_bands(band_db: np.ndarray, edges: Sequence[int] | np.ndarray) -> np.ndarray:
-    """(..., n_mels) dB -> (..., n_bands): the mean of each coarse band's mel bins, float64."""
-    x = np.asarray(band_db, dtype=np.float64)
+    """(..., n_bins) dB -> (..., n_bands): the mean of each band's bins [e_i, e_i+1), float64."""
     e = np.asarray(edges, dtype=np.int64)
+    x = np.asarray(band_db, dtype=np.float64)[..., : e[-1]]  # reduceat's last band would run to the end
     return np.add.reduceat(x, e[:-1], axis=-1) / np.diff(e)
 
 

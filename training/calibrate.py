@@ -292,7 +292,9 @@ def score_normal(
         else:
             if fused:
                 assert score.band_db is not None  # every Score carries the bands
-                wide = detector.combine(score.patch_errors, score.band_db).score
+                wide = detector.combine(
+                    score.patch_errors, score.band_db, spectrum_db=score.spectrum_db
+                ).score
             else:
                 wide = score.score
             scored.paths.append(path)

@@ -171,17 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--scorer",
-        choices=("cae", "cae+envelope"),
+        choices=("cae", "cae+envelope", "cae+envelope+spectrum"),
         default=None,
         help="default: the architecture's (training.fit_options.ARCH_SCORERS); "
         "cae: the autoencoder's reconstruction error alone; cae+envelope: fuse the CAE with a Gaussian on each clip's mean level per band, "
-        "both standardised per machine ID on held-out normal scores",
+        "cae+envelope+spectrum: also with a Gaussian on its fine-resolution long-term spectrum, "
+        "each standardised per machine ID on held-out normal scores",
     )
     fit.add_argument(
         "--fusion",
         choices=("mean", "max"),
         default=None,
-        help="cae+envelope: combine the two z-scores by their mean or the larger (max) "
+        help="a fused scorer: combine the z-scores by their mean or the largest (max) "
         "(default: training.fit_options.DEFAULT_FUSION)",
     )
     fit.add_argument(

@@ -23,12 +23,12 @@ import numpy as np
 
 from service.bundle import Training
 from service.patches import PatchLayout
-from service.scorers import band_edges
+from service.scorers import band_edges, spectrum_edges
 from training.dataset import FeatureClip, Normalizer, fit_normalizer, patch_array, split_validation
 from training.errors import DatasetError
 from training.export import Calibration, Candidate, raw_scores_with_model, score_with_model
 from training.fit_options import CROSS_FIT_BELOW, FitOptions
-from training.fusion import Envelopes, RawScores, fit_envelopes
+from training.fusion import Envelopes, RawScores, default_spectrum_bands, fit_envelopes
 from training.onnx_export import MAX_CHECK_PATCHES
 from training.quantize import sample_patches
 from training.threshold import MIN_CALIBRATION_CLIPS, MIN_ID_CLIPS
@@ -98,6 +98,7 @@ def make_candidate(
         envelopes=envelopes,
         fused=options.fused,
         fusion=options.fusion or "mean",
+        spectrum=default_spectrum_bands() if options.spectral else None,
         precision=options.precision,
     )
 
@@ -105,11 +106,20 @@ def make_candidate(
 def _envelopes(clips: Sequence[FeatureClip], options: FitOptions, *, own_ids: Sequence[str]) -> Envelopes:
     """Envelope Gaussians of the scoring model's training clips: all of them and each of `own_ids`'."""
     levels = np.stack([c.spec.mean(axis=1, dtype=np.float64) for c in clips])
+    spectra = None
+    if options.spectral:
+        if any(c.spectrum_db is None for c in clips):
+            raise DatasetError(
+                "the spectrum scorer needs each training clip's spectrum (load_features(spectrum=))"
+            )
+        spectra = np.stack([np.asarray(c.spectrum_db, dtype=np.float64) for c in clips])
     return fit_envelopes(
         levels,
         [c.file.machine_id for c in clips],
         edges=band_edges(n_mels=options.features.n_mels),
         own_ids=own_ids,
+        spectrum_db=spectra,
+        spectrum_edges=spectrum_edges() if options.spectral else None,
     )
 
 
@@ -176,6 +186,8 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
     own_ids = _own_ids(clips)
     envelope_own = np.empty(len(clips), dtype=np.float64)
     envelope_wide = np.empty(len(clips), dtype=np.float64)
+    spectrum_own = np.empty(len(clips), dtype=np.float64) if options.spectral else None
+    spectrum_wide = np.empty(len(clips), dtype=np.float64) if options.spectral else None
     best_epochs: list[int] = []
     best_steps: list[int] = []
     fold_level: list[dict[str | None, float]] = []
@@ -229,6 +241,10 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
             assert raw.envelope_own is not None and raw.envelope_wide is not None
             envelope_own[held] = raw.envelope_own[: len(out_clips)]
             envelope_wide[held] = raw.envelope_wide[: len(out_clips)]
+        if spectrum_own is not None and spectrum_wide is not None:
+            assert raw.spectrum_own is not None and raw.spectrum_wide is not None
+            spectrum_own[held] = raw.spectrum_own[: len(out_clips)]
+            spectrum_wide[held] = raw.spectrum_wide[: len(out_clips)]
         del model
     # The final model takes as many optimiser steps as the median fold model did up to its best epoch,
     # not as many epochs: with few clips the loss is still falling at the last epoch, and a model that
@@ -277,7 +293,13 @@ def fit_cross(clips: list[FeatureClip], options: FitOptions, stream: TextIO, *, 
             scores_from="cross_fit",
             scores=scores,
             folds=k,
-            raw=RawScores(cae=scores, envelope_own=envelope_own, envelope_wide=envelope_wide)
+            raw=RawScores(
+                cae=scores,
+                envelope_own=envelope_own,
+                envelope_wide=envelope_wide,
+                spectrum_own=spectrum_own,
+                spectrum_wide=spectrum_wide,
+            )
             if fused
             else None,
         ),

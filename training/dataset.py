@@ -28,7 +28,14 @@ from typing import Literal
 import numpy as np
 
 from service.audio import AudioError, Channel, read_audio
-from service.features import FeatureError, FeatureParams, band_centres_hz, log_mel, mel_filterbank
+from service.features import (
+    FeatureError,
+    FeatureParams,
+    band_centres_hz,
+    log_mel,
+    long_term_spectrum,
+    mel_filterbank,
+)
 from service.inputcheck import ClipStats, clip_stats
 from service.patches import Arch as Arch  # re-exported: training names the architectures from here
 from service.patches import PatchLayout
@@ -148,6 +155,8 @@ class FeatureClip:
     spec: np.ndarray
     seconds: float
     stats: ClipStats | None = None  # for the input fingerprint (service.inputcheck)
+    # The long-term spectrum in dB (service.features.long_term_spectrum), for the spectrum scorer only.
+    spectrum_db: np.ndarray | None = None
 
 
 @dataclass
@@ -171,8 +180,11 @@ def load_features(
     min_seconds: float = 0.0,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    spectrum: tuple[int, int] | None = None,
 ) -> LoadResult:
     """Decode each file (channel pick, resampling) and compute its log-mel.
+
+    `spectrum` (n_fft, hop) also keeps each clip's long-term spectrum.
 
     A file that cannot be decoded, is shorter than `min_seconds`, or has an
     impossible layout (e.g. `channel` 1 of a mono file) is recorded in
@@ -196,7 +208,18 @@ def load_features(
             mel_hz=mel_hz,
             floor_db=params.floor_db,
         )
-        return FeatureClip(file=file, spec=spec, seconds=clip.samples.size / params.sample_rate, stats=stats)
+        spectrum_db = (
+            None
+            if spectrum is None
+            else long_term_spectrum(clip.samples, n_fft=spectrum[0], hop=spectrum[1]).astype(np.float32)
+        )
+        return FeatureClip(
+            file=file,
+            spec=spec,
+            seconds=clip.samples.size / params.sample_rate,
+            stats=stats,
+            spectrum_db=spectrum_db,
+        )
 
     mel_hz = band_centres_hz(mel_filterbank(params), sample_rate=params.sample_rate, n_fft=params.n_fft)
 

@@ -54,7 +54,7 @@ from service.bundle import (
     Training,
     sha256_of,
 )
-from service.bundle_scoring import Fusion, Pooling, ScoresFrom, Scoring
+from service.bundle_scoring import Fusion, Pooling, ScoresFrom, Scoring, SpectrumBands
 from service.detector import Detector, Score
 from service.features import FeatureParams
 from service.inputcheck import Fingerprint
@@ -187,8 +187,14 @@ class Candidate:
     envelopes: Envelopes | None = None
     fused: bool = False
     fusion: Fusion = "mean"
+    spectrum: SpectrumBands | None = None  # the spectrum scorer's bands, with that scorer
     # int8: every exported graph, the fold models' too, is quantized before it scores a clip.
     precision: Precision = "fp32"
+
+    @property
+    def spectrum_frames(self) -> tuple[int, int] | None:
+        """(n_fft, hop) of the spectrum scorer: what the calibration clips' scores must keep."""
+        return None if self.spectrum is None else (self.spectrum.n_fft, self.spectrum.hop)
 
     def cae_scoring(self) -> Scoring | None:
         """The CAE's pooling alone; None for the mean, so a default export writes no `scoring` section."""
@@ -296,7 +302,9 @@ def raw_scores_with_model(
         ).write(work)
         if candidate.precision == "int8":
             quantize_folder(work, _needed(quantize_inputs))
-        scored = _score_in(work, paths, channel=channel, progress=progress)
+        scored = _score_in(
+            work, paths, channel=channel, progress=progress, spectrum=candidate.spectrum_frames
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return _raw(scored, machine_ids, envelopes)
@@ -309,11 +317,19 @@ def _needed(quantize_inputs: np.ndarray | None) -> np.ndarray:
 
 
 def _score_in(
-    folder: Path, paths: Sequence[Path], *, channel: Channel, progress: Callable[[int], None] | None
+    folder: Path,
+    paths: Sequence[Path],
+    *,
+    channel: Channel,
+    progress: Callable[[int], None] | None,
+    spectrum: tuple[int, int] | None = None,
 ) -> list[Score]:
-    """`score_clips` with the detector in `folder`; a clip read before that fails now is an ExportError."""
+    """`score_clips` with the detector in `folder`; a clip read before that fails now is an ExportError.
+
+    `spectrum` as in `Detector`: the scores keep each clip's long-term spectrum.
+    """
     try:
-        return score_clips(Detector(folder), paths, channel=channel, progress=progress)
+        return score_clips(Detector(folder, spectrum=spectrum), paths, channel=channel, progress=progress)
     except AudioError as error:
         raise ExportError(f"a calibration clip became unreadable during export: {error}") from None
 
@@ -327,7 +343,15 @@ def _raw(
     assert machine_ids is not None
     levels = np.asarray([s.band_db for s in scored], dtype=np.float64)
     own, wide = envelopes.distances(levels, machine_ids)
-    return RawScores(cae=cae, envelope_own=own, envelope_wide=wide)
+    if envelopes.spectrum is None:
+        return RawScores(cae=cae, envelope_own=own, envelope_wide=wide)
+    if any(s.spectrum_db is None for s in scored):
+        raise ExportError("the spectrum scorer's calibration scores lack the clips' spectra")
+    spectra = np.asarray([s.spectrum_db for s in scored], dtype=np.float64)
+    spectrum_own, spectrum_wide = envelopes.spectrum.distances(spectra, machine_ids)
+    return RawScores(
+        cae=cae, envelope_own=own, envelope_wide=wide, spectrum_own=spectrum_own, spectrum_wide=spectrum_wide
+    )
 
 
 def _band_db(score: Score) -> np.ndarray:
@@ -402,11 +426,26 @@ def export_detector(
             candidate.bundle(
                 out.name, model_path, _placeholder(quantile), training, scoring=candidate.cae_scoring()
             ).write(work)
-            scored = _score_in(work, calibration.paths, channel=channel, progress=progress)
+            scored = _score_in(
+                work,
+                calibration.paths,
+                channel=channel,
+                progress=progress,
+                spectrum=candidate.spectrum_frames,
+            )
         if candidate.precision == "int8":
             assert scored is not None
             quantize_folder(work, _needed(quantize_inputs))
-            fp32, scored = scored, _score_in(work, calibration.paths, channel=channel, progress=progress)
+            fp32, scored = (
+                scored,
+                _score_in(
+                    work,
+                    calibration.paths,
+                    channel=channel,
+                    progress=progress,
+                    spectrum=candidate.spectrum_frames,
+                ),
+            )
             parity = check_parity(
                 [cae_score(s) for s in fp32],
                 [cae_score(s) for s in scored],
@@ -430,6 +469,7 @@ def export_detector(
                 pooling_param=candidate.pooling_param,
                 scores_from=calibration.scores_from,
                 fusion=candidate.fusion,
+                spectrum=candidate.spectrum,
             )
             if not held_out:  # out-of-fold: the fold models are gone, their raw scores remain
                 scores, wide = fused_scores(raw, ids, scoring)
@@ -447,13 +487,19 @@ def export_detector(
                 final = Detector(work)
                 scores = np.asarray(
                     [
-                        final.combine(s.patch_errors, _band_db(s), machine_id=mid).score
+                        final.combine(
+                            s.patch_errors, _band_db(s), machine_id=mid, spectrum_db=s.spectrum_db
+                        ).score
                         for s, mid in zip(scored, ids, strict=True)
                     ],
                     dtype=np.float64,
                 )
                 wide = np.asarray(
-                    [final.combine(s.patch_errors, _band_db(s)).score for s in scored], dtype=np.float64
+                    [
+                        final.combine(s.patch_errors, _band_db(s), spectrum_db=s.spectrum_db).score
+                        for s in scored
+                    ],
+                    dtype=np.float64,
                 )
         threshold = fit_thresholds(scores, ids, quantile=quantile, calibration=calibration, wide_scores=wide)
         bundle = candidate.bundle(

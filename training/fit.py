@@ -32,6 +32,7 @@ from tqdm import tqdm
 from service.bundle import Training
 from service.inputcheck import build_fingerprint
 from service.patches import PatchLayout
+from service.scorers import SPECTRUM_HOP, SPECTRUM_N_FFT
 from training.crossfit import choose_calibration, fit_cross, fit_holdout, make_candidate
 from training.dataset import LoadResult, list_clips, load_features
 from training.errors import DatasetError
@@ -70,6 +71,7 @@ def read_training_clips(data_root: Path, options: FitOptions) -> tuple[LoadResul
             min_seconds=min_seconds_for(options),
             workers=options.workers,
             progress=bar.update,
+            spectrum=(SPECTRUM_N_FFT, SPECTRUM_HOP) if options.spectral else None,
         )
     if not result.clips:
         first = "; ".join(f"{s.path.name}: {s.reason}" for s in result.skipped[:3])
@@ -201,9 +203,10 @@ def _describe_scoring(options: FitOptions, calibration: Calibration) -> str:
     if not options.fused:
         return f"cae, {pooling} pooling"
     where = "out-of-fold" if calibration.scores_from == "cross_fit" else "held-out"
+    scorers = "envelope + spectrum" if options.spectral else "envelope"
     return (
-        f"cae ({pooling} pooling) + envelope, each standardised per ID on {where} normal scores, "
-        "thresholds on the fused scores"
+        f"cae ({pooling} pooling) + {scorers}, each standardised per ID on {where} normal scores, "
+        f"fused by the {options.fusion or 'mean'}, thresholds on the fused scores"
     )
 
 

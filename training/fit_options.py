@@ -27,10 +27,11 @@ ARCH_DEFAULTS: dict[str, dict[str, int]] = {
     "cae": {"frames": 8, "patch_hop": 8, "batch_size": 64, "epochs": 8},
     "dense": {"frames": 5, "patch_hop": 1, "batch_size": 512, "epochs": 20},
 }
-ScorerChoice = Literal["cae", "cae+envelope"]
-SCORERS: tuple[ScorerChoice, ...] = ("cae", "cae+envelope")
+ScorerChoice = Literal["cae", "cae+envelope", "cae+envelope+spectrum"]
+SCORERS: tuple[ScorerChoice, ...] = ("cae", "cae+envelope", "cae+envelope+spectrum")
 # The clip score per architecture: `cae` is the autoencoder's reconstruction error alone (for the
-# dense baseline too, which stays the DCASE recipe); `cae+envelope` fuses it with the envelope scorer.
+# dense baseline too, which stays the DCASE recipe); `cae+envelope` fuses it with the envelope
+# scorer, `cae+envelope+spectrum` also with the spectrum scorer (service.scorers).
 ARCH_SCORERS: dict[str, ScorerChoice] = {"cae": "cae+envelope", "dense": "cae"}
 # How a fused scorer combines its z-scores (service.scorers): models/README.md, "Fusion rules".
 DEFAULT_FUSION: Fusion = "mean"
@@ -77,7 +78,11 @@ class FitOptions:
 
     @property
     def fused(self) -> bool:
-        return self.scorer == "cae+envelope"
+        return self.scorer in ("cae+envelope", "cae+envelope+spectrum")
+
+    @property
+    def spectral(self) -> bool:
+        return self.scorer == "cae+envelope+spectrum"
 
     def resolved(self) -> FitOptions:
         """A copy with every None default filled in for `arch`, validated."""
@@ -85,7 +90,7 @@ class FitOptions:
             raise DatasetError(f"unknown architecture {self.arch!r}; choose cae or dense")
         defaults = ARCH_DEFAULTS[self.arch]
         if self.scorer is not None and self.scorer not in SCORERS:
-            raise DatasetError(f"unknown scorer {self.scorer!r}; choose cae or cae+envelope")
+            raise DatasetError(f"unknown scorer {self.scorer!r}; choose {', '.join(SCORERS)}")
         try:
             pooling_param = check_pooling(self.pooling, self.pooling_param)
         except ValueError as error:
@@ -102,8 +107,10 @@ class FitOptions:
         )
         if done.fusion not in ("mean", "max"):
             raise DatasetError(f"unknown fusion {done.fusion!r}; choose mean or max")
-        if self.fusion is not None and self.fusion != "mean" and done.scorer != "cae+envelope":
-            raise DatasetError(f"--fusion {self.fusion} combines two scorers: it needs --scorer cae+envelope")
+        if self.fusion is not None and self.fusion != "mean" and not done.fused:
+            raise DatasetError(
+                f"--fusion {self.fusion} combines scorers: it needs --scorer cae+envelope or cae+envelope+spectrum"
+            )
         for name in ("frames", "patch_hop", "epochs", "batch_size"):
             if getattr(done, name) <= 0:
                 raise DatasetError(f"{name.replace('_', '-')} must be positive, got {getattr(done, name)}")

@@ -17,9 +17,10 @@ from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
 from service.audio import read_audio
 from service.bundle import THRESHOLD_FILE, Bundle
-from service.bundle_scoring import Scoring
+from service.bundle_scoring import EnvelopeModel, Scoring, ScoringEntry, SpectrumBands, Standardisation
 from service.detector import Detector
 from service.errors import DetectorError
+from service.features import long_term_spectrum
 from service.scorers import (
     ENVELOPE_BANDS,
     band_edges,
@@ -30,6 +31,7 @@ from service.scorers import (
     ledoit_wolf,
     mahalanobis,
     pool,
+    spectrum_edges,
     topk_count,
 )
 from tests.service.conftest import make_settings, serve
@@ -412,3 +414,96 @@ def test_the_api_scores_with_the_named_ids_entry_and_shows_the_scoring(probe, tm
     shrinkage = scoring.model_wide.envelope.shrinkage
     assert shown["model_wide"]["envelope"] == {"n_bands": 32, "shrinkage": shrinkage, "n_clips": 40}
     assert len(json.dumps(shown)) < 5000
+
+
+# The spectrum scorer
+
+
+def _tone(hz: float, seconds: float = 10.0) -> np.ndarray:
+    rng = np.random.default_rng(int(hz))
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.1 * np.sin(2 * np.pi * hz * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _spectral_scoring(probe_detector: Detector, normal: list[np.ndarray]) -> Scoring:
+    """cae+envelope+spectrum around `normal` clips, standardised on their own scores."""
+    scored = [probe_detector.score(x) for x in normal]
+    bands = SpectrumBands(n_fft=4096, hop=2048, bin_edges=spectrum_edges())
+    spectra = np.stack([long_term_spectrum(x, n_fft=bands.n_fft, hop=bands.hop) for x in normal])
+    levels = np.stack([s.band_db for s in scored])
+    envelope = fit_gaussian(coarse_bands(levels, band_edges(n_mels=N_MELS)))
+    spectrum = fit_gaussian(coarse_bands(spectra, bands.bin_edges))
+    env_d = envelope.distance(coarse_bands(levels, band_edges(n_mels=N_MELS)))
+    spec_d = spectrum.distance(coarse_bands(spectra, bands.bin_edges))
+    cae = np.array([s.score for s in scored])
+
+    def model(g):
+        return EnvelopeModel(
+            mean=g.mean.tolist(), precision=g.precision.tolist(), shrinkage=g.shrinkage, n_clips=g.n_clips
+        )
+
+    def stats(x):
+        return Standardisation(mean=float(x.mean()), std=float(x.std(ddof=1)), n_clips=x.size)
+
+    entry = ScoringEntry(
+        envelope=model(envelope),
+        spectrum=model(spectrum),
+        standardisation={"cae": stats(cae), "envelope": stats(env_d), "spectrum": stats(spec_d)},
+    )
+    return Scoring(
+        scorers=["cae", "envelope", "spectrum"],
+        band_edges=band_edges(n_mels=N_MELS),
+        spectrum=bands,
+        offset=5.0,
+        fusion="max",
+        standardised_from="holdout",
+        model_wide=entry,
+    )
+
+
+def test_the_spectrum_scorer_hears_a_tone_move_and_joins_the_max(tmp_path: Path) -> None:
+    plain = Detector(make_detector(tmp_path / "plain"))
+    normal = [_tone(hz) for hz in (400.0, 400.5, 401.0, 401.5, 402.0, 402.5, 403.0, 403.5)]
+    scoring = _spectral_scoring(plain, normal)
+    folder = make_detector(tmp_path / "spectral", scoring=scoring)
+    assert Bundle.read(folder).scoring == scoring
+    detector = Detector(folder)
+    usual, moved = detector.score(_tone(401.2)), detector.score(_tone(415.0))  # 415 Hz: 3 bins away
+    z = {
+        name: [(s.components[name] - st.mean) / st.std for s in (usual, moved)]
+        for name, st in scoring.model_wide.standardisation.items()
+    }
+    assert z["spectrum"][0] < 5 < z["spectrum"][1]
+    assert moved.score == pytest.approx(5.0 + max(*(v[1] for v in z.values()), -5.0), rel=1e-9)
+    assert moved.score > usual.score
+    assert moved.spectrum_db is not None and moved.spectrum_db.shape == (2049,)
+    # Without its spectrum, a spectral bundle cannot combine a clip (training must pass it).
+    with pytest.raises(ValueError, match="spectrum"):
+        detector.combine(moved.patch_errors, moved.band_db)
+
+
+SPECTRAL_BROKEN = {
+    "a spectrum section without the scorer": (
+        lambda s: s.update(scorers=["cae", "envelope"]),
+        "spectrum section",
+    ),
+    "the scorer without its section": (lambda s: s.update(spectrum=None), "spectrum"),
+    "an entry without its spectrum model": (
+        lambda s: s["model_wide"].update(spectrum=None),
+        "spectrum model",
+    ),
+    "bin edges past the last bin": (lambda s: s["spectrum"].update(bin_edges=[2, 3, 5000]), "bin_edges"),
+    "a hop longer than the frame": (lambda s: s["spectrum"].update(hop=8192), "hop"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECTRAL_BROKEN))
+def test_a_malformed_spectrum_section_is_refused(case: str, tmp_path: Path) -> None:
+    plain = Detector(make_detector(tmp_path / "plain"))
+    folder = make_detector(
+        tmp_path / "spectral", scoring=_spectral_scoring(plain, [_tone(400 + i) for i in range(4)])
+    )
+    change, says = SPECTRAL_BROKEN[case]
+    with pytest.raises(DetectorError, match=r"invalid threshold.json") as caught:
+        Detector(_break(folder, change))
+    assert says in str(caught.value)

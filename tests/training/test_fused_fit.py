@@ -15,13 +15,14 @@ import pytest
 from service.audio import read_audio
 from service.bundle import Bundle
 from service.detector import Detector
-from service.scorers import coarse_bands, fuse
+from service.features import long_term_spectrum
+from service.scorers import coarse_bands, fuse, mahalanobis
 from training.errors import DatasetError
 from training.export import score_paths
 from training.fit import run_fit
 from training.fit_options import FitOptions
 from training.fit_summary import FitSummary
-from training.fusion import fused_scores
+from training.fusion import default_spectrum_bands, fused_scores
 from training.model import CaeConfig
 from training.synth import generate_dataset
 from training.threshold import calibrate
@@ -65,6 +66,7 @@ def fits(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         ("cae", "cae", None),
         ("fused", "cae+envelope", None),
         ("max", "cae+envelope", "max"),
+        ("spectrum", "cae+envelope+spectrum", "max"),
     ):
         found[name] = (_fit(data_root, models / name, scorer=scorer, fusion=fusion), models / name)
     return found
@@ -179,14 +181,55 @@ def test_max_fusion_calibrates_on_the_larger_z_score_of_each_clip(fits) -> None:
     assert bundle.threshold.value == pytest.approx(calibrate(wide).value, rel=1e-9)
 
 
-@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_the_spectrum_scorer_is_fitted_standardised_and_fused_out_of_fold(fits, data_root: Path) -> None:
+    summary, out = fits["spectrum"]
+    bundle = Bundle.read(out)
+    scoring, raw, ids = bundle.scoring, summary.raw_scores, np.asarray(summary.calibration_ids)
+    assert scoring is not None and raw is not None and scoring.scorers == ["cae", "envelope", "spectrum"]
+    assert scoring.spectrum == default_spectrum_bands() and scoring.fusion == "max"
+    assert raw.spectrum_own is not None and raw.spectrum_wide is not None
+    for mid in IDS:
+        rows = ids == mid
+        entry = scoring.per_id[mid]
+        assert entry.spectrum is not None and entry.spectrum.n_clips == CLIPS[mid]  # the exported model's
+        st = entry.standardisation
+        assert st["spectrum"].mean == pytest.approx(raw.spectrum_own[rows].mean(), rel=1e-12)
+        z = np.maximum.reduce(
+            [
+                (raw.cae[rows] - st["cae"].mean) / st["cae"].std,
+                (raw.envelope_own[rows] - st["envelope"].mean) / st["envelope"].std,
+                (raw.spectrum_own[rows] - st["spectrum"].mean) / st["spectrum"].std,
+            ]
+        )
+        np.testing.assert_allclose(summary.calibration_scores[rows], 5.0 + np.maximum(z, -5.0), rtol=1e-12)
+    own, wide = fused_scores(raw, summary.calibration_ids, scoring)
+    np.testing.assert_array_equal(own, summary.calibration_scores)
+    np.testing.assert_array_equal(wide, summary.calibration_scores_wide)
+    # The service scores a clip with all three, and each component is the documented distance.
+    detector = Detector(out)
+    samples, mid = _test_clips(data_root)[0]
+    scored = detector.score(samples, machine_id=mid)
+    assert set(scored.components) == {"cae", "envelope", "spectrum"} and scored.spectrum_db.shape == (2049,)
+    gaussian = scoring.per_id[mid].spectrum
+    expected = mahalanobis(
+        coarse_bands(long_term_spectrum(samples, n_fft=4096, hop=2048), scoring.spectrum.bin_edges),
+        mean=np.asarray(gaussian.mean),
+        precision=np.asarray(gaussian.precision),
+    )
+    assert scored.components["spectrum"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("scorer", "fusion"),
+    [("cae+envelope", "mean"), ("cae+envelope", "max"), ("cae+envelope+spectrum", "max")],
+)
 def test_a_fused_holdout_calibrates_on_the_scores_the_service_gives(
-    fusion: str, data_root: Path, tmp_path: Path
+    scorer: str, fusion: str, data_root: Path, tmp_path: Path
 ) -> None:
     summary = _fit(
         data_root,
         tmp_path / "holdout",
-        scorer="cae+envelope",
+        scorer=scorer,
         calibration="holdout",
         val_fraction=0.25,
         pooling="gwrp",
@@ -196,7 +239,7 @@ def test_a_fused_holdout_calibrates_on_the_scores_the_service_gives(
     bundle = Bundle.read(tmp_path / "holdout")
     scoring = bundle.scoring
     assert scoring is not None and scoring.pooling == "gwrp" and scoring.pooling_param == 0.8
-    assert scoring.fusion == fusion
+    assert scoring.fusion == fusion and (scoring.spectrum is not None) == scorer.endswith("spectrum")
     assert scoring.standardised_from == "holdout" and scoring.per_id is None  # 3 held-out clips per ID
     assert scoring.model_wide.envelope.n_clips == summary.n_train
     root = data_root / "slider" / "train"
@@ -217,9 +260,9 @@ def test_pooling_options_are_checked_before_training() -> None:
     with pytest.raises(DatasetError, match="scorer"):
         FitOptions(scorer="envelope").resolved()  # type: ignore[arg-type]
     assert FitOptions(pooling="topk").resolved().pooling_param == 0.1
-    with pytest.raises(DatasetError, match="--fusion max combines two scorers"):
+    with pytest.raises(DatasetError, match="--fusion max combines scorers"):
         FitOptions(scorer="cae", fusion="max").resolved()
-    with pytest.raises(DatasetError, match="--fusion max combines two scorers"):
+    with pytest.raises(DatasetError, match="--fusion max combines scorers"):
         FitOptions(arch="dense", fusion="max").resolved()
     with pytest.raises(DatasetError, match="unknown fusion"):
         FitOptions(fusion="median").resolved()  # type: ignore[arg-type]
