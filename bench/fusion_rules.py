@@ -5,9 +5,9 @@ score per machine ID on held-out normal clips and averages the z-scores (`servic
 This takes every fused CAE folder that `asd-train benchmark --work WORK` fitted, scores its data
 set's test clips once through `Detector.score_file` (with each clip's machine ID, as a request
 naming it), and recomputes the clip score from the stored standardisation under other rules:
-each scorer alone, the mean (today's rule, which must reproduce the benchmark), and the larger
-of the two z-scores. No refit: the rules differ only after the scorers. AUC and pAUC per ID,
-averaged, per data set and over all of them.
+the CAE and the envelope alone, the mean and the max of all the folder's scorers' z-scores, and
+the folder's own rule (which must reproduce the benchmark). No refit: the rules differ only
+after the scorers. AUC and pAUC per ID, averaged, per data set and over all of them.
 
     python -m bench.fusion_rules reports/quality --detectors cae
 """
@@ -28,28 +28,30 @@ from service.scorers import FUSION_OFFSET, fuse
 from training.clip_scores import find_test_clips
 from training.metrics import detection_metrics
 
-Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Rule = Callable[[np.ndarray, str], np.ndarray]
+# Each rule maps the z-scores of a folder's scorers, shape (n_clips, n_scorers) in `Scoring.scorers`
+# order, and the folder's own fusion rule to clip scores.
 RULES: dict[str, Rule] = {
-    "cae alone": lambda z_cae, z_env: z_cae,
-    "envelope alone": lambda z_cae, z_env: z_env,
-    "mean (default)": lambda z_cae, z_env: np.asarray(fuse([z_cae, z_env], offset=FUSION_OFFSET)),
-    "max": lambda z_cae, z_env: np.asarray(fuse([z_cae, z_env], offset=FUSION_OFFSET, rule="max")),
+    "cae alone": lambda z, own: z[:, 0],
+    "envelope alone": lambda z, own: z[:, 1],
+    "mean": lambda z, own: np.asarray(fuse(list(z.T), offset=FUSION_OFFSET, rule="mean")),
+    "max": lambda z, own: np.asarray(fuse(list(z.T), offset=FUSION_OFFSET, rule="max")),
+    "the folder's own": lambda z, own: np.asarray(fuse(list(z.T), offset=FUSION_OFFSET, rule=own)),
 }
 
 
-def z_scores(detector: Detector, path: Path, machine_id: str) -> tuple[float, float]:
-    """(z of the CAE's pooled error, z of the envelope distance) of one clip under its ID's entry."""
+def z_scores(detector: Detector, path: Path, machine_id: str) -> list[float]:
+    """The z-score of each of the folder's scorers (`Scoring.scorers` order) for one clip under its ID's entry."""
     scoring = detector.scoring
     assert scoring is not None and scoring.fused
     scored = detector.score_file(path, machine_id=machine_id)
     assert scored.components is not None
     _, entry = scoring.entry_for(machine_id)
     assert entry is not None
-    cae, env = entry.standardisation["cae"], entry.standardisation["envelope"]
-    return (
-        (scored.components["cae"] - cae.mean) / cae.std,
-        (scored.components["envelope"] - env.mean) / env.std,
-    )
+    return [
+        (scored.components[name] - entry.standardisation[name].mean) / entry.standardisation[name].std
+        for name in scoring.scorers
+    ]
 
 
 def study(folder: Path, data_root: Path) -> dict[str, dict[str, float]]:
@@ -58,12 +60,13 @@ def study(folder: Path, data_root: Path) -> dict[str, dict[str, float]]:
     detector = Detector(folder, intra_op_threads=1)
     if detector.scoring is None or not detector.scoring.fused:
         raise ValueError(f"{folder} is not a fused detector")
+    own = detector.scoring.fusion
     per_rule: dict[str, list[tuple[float, float]]] = {name: [] for name in RULES}
     for machine_id, clips in find_test_clips(data_root, meta["machine_type"]).items():
         z = np.asarray([z_scores(detector, path, machine_id) for path, _ in clips], dtype=np.float64)
         labels = [label for _, label in clips]
         for name, rule in RULES.items():
-            m = detection_metrics(labels, rule(z[:, 0], z[:, 1]), threshold=float("inf"))
+            m = detection_metrics(labels, rule(z, own), threshold=float("inf"))
             per_rule[name].append((float(m["auc"]), float(m["pauc"])))
     return {
         name: {"auc": float(np.mean([a for a, _ in v])), "pauc": float(np.mean([p for _, p in v]))}

@@ -80,7 +80,7 @@ class SearchSpace:
     filters: tuple[str, ...] = ("8,16,32", "16,32,64")  # wider costs 4x the time per epoch
     bottleneck: tuple[int, ...] = (8, 16, 32)
     pooling: tuple[str, ...] = ("mean", "topk", "gwrp")  # each with its default parameter
-    scorer: tuple[str, ...] = ("cae", "cae+envelope")
+    scorer: tuple[str, ...] = ("cae", "cae+envelope", "cae+envelope+spectrum")
     fusion: tuple[str, ...] = ("mean", "max")
 
     def check(self, features: FeatureParams) -> None:
@@ -170,7 +170,7 @@ def trial_options(params: dict[str, Any], options: TuneOptions) -> FitOptions:
         cae=_cae(params["filters"], params["bottleneck"]),
         pooling=params["pooling"],
         scorer=params["scorer"],
-        fusion=params["fusion"] if params["scorer"] == "cae+envelope" else None,
+        fusion=params["fusion"] if params["scorer"] != "cae" else None,
         seed=options.seed,
         channel=options.channel,
         calibration="holdout",
@@ -190,7 +190,7 @@ def fit_command(params: dict[str, Any], options: TuneOptions, *, data_root: Path
     argv += ["--learning-rate", f"{params['learning_rate']:g}", "--filters", params["filters"]]
     argv += ["--bottleneck", str(params["bottleneck"]), "--pooling", params["pooling"]]
     argv += ["--scorer", params["scorer"], "--seed", str(options.seed)]
-    if params["scorer"] == "cae+envelope":
+    if params["scorer"] != "cae":
         argv += ["--fusion", params["fusion"]]
     if options.channel != 0:
         argv += ["--channel", str(options.channel)]

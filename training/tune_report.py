@@ -23,19 +23,17 @@ def per_id_counts(files: Sequence[ClipFile]) -> dict[str, int]:
 
 TABLE_HEAD = (
     f"{'trial':>5} {'frames':>6} {'epochs':>6} {'lr':>8} {'filters':>9} {'code':>4} {'pooling':>7} "
-    f"{'scorer':>16} {'AUC':>6} {'pAUC':>6} {'s':>6}"
+    f"{'scorer':>25} {'AUC':>6} {'pAUC':>6} {'s':>6}"
 )
 
 
 def trial_row(r: TrialRecord) -> str:
     """One trial as a row under `TABLE_HEAD`."""
     p, auc, pauc = r.params, "FAILED" if r.auc is None else f"{r.auc:.3f}", f"{r.pauc or 0:.3f}"
-    scorer = (
-        f"{p['scorer']}/{p['fusion']}" if p["scorer"] == "cae+envelope" and "fusion" in p else p["scorer"]
-    )
+    scorer = f"{p['scorer']}/{p['fusion']}" if p["scorer"] != "cae" and "fusion" in p else p["scorer"]
     return (
         f"{r.number:>5} {p['frames']:>6} {p['epochs']:>6} {p['learning_rate']:>8.3g} {p['filters']:>9} "
-        f"{p['bottleneck']:>4} {p['pooling']:>7} {scorer:>16} {auc:>6} {pauc if r.auc else '':>6} "
+        f"{p['bottleneck']:>4} {p['pooling']:>7} {scorer:>25} {auc:>6} {pauc if r.auc else '':>6} "
         f"{r.seconds:>6.0f}"
     )
 
